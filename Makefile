@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Both create (or reuse) a virtualenv in .venv and install edgeship into it.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.edgeship-installed
+
+.PHONY: demo test bench install clean
+
+install: $(STAMP)
+
+# torch is installed first and pinned, so that nothing later pulls a CUDA build.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[all,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/edgeship demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_quantization.py
+
+clean:
+	rm -rf $(VENV) edgeship-out build src/*.egg-info

@@ -1,0 +1,55 @@
+"""edgeship: put AI models on edge devices.
+
+The public API loads lazily, so ``import edgeship`` stays light (no torch, no onnx)::
+
+    import edgeship
+    model = edgeship.load("model.onnx")            # or a HF directory, or module:function
+    result = edgeship.optimize(model, data="calib.npz", eval_data="eval.npz")
+    result.best, result.candidates
+    result.report("edgeship-out")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "load",
+    "from_torch",
+    "inspect",
+    "optimize",
+    "Budget",
+    "EvalSettings",
+    "Recipe",
+    "Model",
+    "EdgeshipError",
+]
+
+_LAZY = {
+    "load": ("edgeship.importers", "load"),
+    "from_torch": ("edgeship.importers", "from_torch"),
+    "inspect": ("edgeship.inspect", "inspect_model"),
+    "optimize": ("edgeship.optimize", "optimize"),
+    "Budget": ("edgeship.optimize", "Budget"),
+    "EvalSettings": ("edgeship.optimize", "EvalSettings"),
+    "Recipe": ("edgeship.recipes", "Recipe"),
+    "Model": ("edgeship.model", "Model"),
+    "EdgeshipError": ("edgeship.errors", "EdgeshipError"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'edgeship' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

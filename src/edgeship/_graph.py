@@ -1,0 +1,165 @@
+"""Static facts about an ONNX graph: op histogram, params and MACs per sample.
+
+MACs are counted at batch 1 from inferred shapes. Dynamic dims other than the batch take
+the sizes given in ``shapes`` (e.g. the sequence length of the data), else 1.
+Quantized graphs are understood: QDQ weights (DequantizeLinear on an initializer),
+ConvInteger/QLinearConv, MatMulInteger/QLinearMatMul/DynamicQuantizeMatMul and
+MatMulNBits count the same MACs as the float op they replace.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["graph_stats", "op_histogram", "opsets"]
+
+# Positional inputs that carry quantization parameters rather than weights.
+_QPARAM_INPUTS = {
+    "QuantizeLinear": {1, 2},
+    "DequantizeLinear": {1, 2},
+    "QLinearConv": {1, 2, 4, 5, 6, 7},
+    "QLinearMatMul": {1, 2, 4, 5, 6, 7},
+    "MatMulInteger": {2, 3},
+    "ConvInteger": {2, 3},
+    "DynamicQuantizeMatMul": {2, 3},
+    "MatMulNBits": {2, 3, 4},
+}
+_MATMULS = {"MatMul", "FusedMatMul", "MatMulInteger", "QLinearMatMul", "DynamicQuantizeMatMul"}
+_CONVS = {"Conv", "ConvInteger", "QLinearConv", "FusedConv", "ConvTranspose"}
+
+
+def _load(path: Path | str) -> Any:
+    import onnx
+
+    return onnx.load(str(path), load_external_data=True)
+
+
+def op_histogram(proto: Any) -> dict[str, int]:
+    return dict(Counter(n.op_type for n in proto.graph.node).most_common())
+
+
+def opsets(proto: Any) -> dict[str, int]:
+    return {(o.domain or "ai.onnx"): o.version for o in proto.opset_import}
+
+
+def _fix_input_dims(proto: Any, shapes: dict[str, tuple[int, ...]] | None) -> Any:
+    """Copy of ``proto`` with every input dim concrete: batch 1, others from ``shapes`` or 1."""
+    import onnx
+
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(proto)
+    initializers = {i.name for i in fixed.graph.initializer}
+    for inp in fixed.graph.input:
+        if inp.name in initializers:
+            continue
+        given = (shapes or {}).get(inp.name)
+        for axis, dim in enumerate(inp.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                continue
+            value = 1 if axis == 0 or given is None or axis >= len(given) else int(given[axis])
+            dim.Clear()
+            dim.dim_value = value
+    return fixed
+
+
+def _infer_shapes(proto: Any) -> dict[str, tuple[int, ...]]:
+    """Value name -> concrete shape, using ORT's symbolic inference (knows contrib ops)."""
+    import onnx
+
+    inferred = None
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=True)
+    except Exception:  # fall back to ONNX's own inference for graphs ORT's tool rejects
+        inferred = None
+    if inferred is None:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    out: dict[str, tuple[int, ...]] = {}
+    g = inferred.graph
+    for vi in [*g.input, *g.value_info, *g.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            out[vi.name] = tuple(int(d.dim_value) for d in dims)
+    for init in g.initializer:
+        out[init.name] = tuple(int(d) for d in init.dims)
+    return out
+
+
+def _weight_shape(name: str, shapes: dict[str, tuple[int, ...]], producers: dict[str, Any]) -> tuple[int, ...] | None:
+    """Shape of a weight, seeing through DequantizeLinear/Transpose/Cast of an initializer."""
+    if name in shapes:
+        return shapes[name]
+    node = producers.get(name)
+    if node is not None and node.op_type in {"DequantizeLinear", "Cast", "Identity"}:
+        return _weight_shape(node.input[0], shapes, producers)
+    return None
+
+
+def _node_macs(node: Any, shapes: dict[str, tuple[int, ...]], producers: dict[str, Any]) -> int:
+    op = node.op_type
+    out_shape = shapes.get(node.output[0]) if node.output else None
+    attrs = {a.name: a for a in node.attribute}
+    if op in _CONVS:
+        w_index = 3 if op == "QLinearConv" else 1
+        w = _weight_shape(node.input[w_index], shapes, producers)
+        if w is None or out_shape is None:
+            return 0
+        # weight [Cout, Cin/group, *k]: every output element costs Cin/group * prod(k) MACs.
+        per_output = int(np.prod(w[1:]))
+        return int(np.prod(out_shape)) * per_output
+    if op in _MATMULS or op == "Gemm":
+        a_index = 0
+        a = shapes.get(node.input[a_index])
+        if a is None or out_shape is None:
+            return 0
+        k = a[-1] if not (op == "Gemm" and attrs.get("transA") and attrs["transA"].i) else a[0]
+        return int(np.prod(out_shape)) * int(k)
+    if op == "MatMulNBits":
+        k = attrs["K"].i
+        return int(np.prod(out_shape)) * int(k) if out_shape else 0
+    if op == "Attention":  # com.microsoft fused attention: QKV projection + scores + context
+        x = shapes.get(node.input[0])
+        w = _weight_shape(node.input[1], shapes, producers)
+        if x is None or w is None:
+            return 0
+        batch, seq, hidden = x
+        proj = batch * seq * w[0] * w[1]
+        return int(proj + 2 * batch * seq * seq * hidden)
+    return 0
+
+
+def _param_count(proto: Any) -> int:
+    qparams: set[str] = set()
+    nbits = 0
+    consumers_of_nbits: set[str] = set()
+    for node in proto.graph.node:
+        for idx in _QPARAM_INPUTS.get(node.op_type, ()):
+            if idx < len(node.input):
+                qparams.add(node.input[idx])
+        if node.op_type == "MatMulNBits":
+            attrs = {a.name: a.i for a in node.attribute}
+            nbits += attrs["K"] * attrs["N"]
+            consumers_of_nbits.add(node.input[1])
+    total = nbits
+    for init in proto.graph.initializer:
+        if init.name in qparams or init.name in consumers_of_nbits:
+            continue
+        if len(init.dims) == 0:  # scalars are constants, not parameters
+            continue
+        total += int(np.prod(init.dims))
+    return total
+
+
+def graph_stats(path: Path | str, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, int]:
+    """``{"params": ..., "macs": ...}`` of the model at ``path``, per sample at batch 1."""
+    proto = _load(path)
+    fixed = _fix_input_dims(proto, shapes)
+    value_shapes = _infer_shapes(fixed)
+    producers = {o: n for n in fixed.graph.node for o in n.output}
+    macs = sum(_node_macs(n, value_shapes, producers) for n in fixed.graph.node)
+    return {"params": _param_count(proto), "macs": int(macs)}

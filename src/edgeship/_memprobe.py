@@ -1,0 +1,43 @@
+"""Child-process probe: peak memory an ONNX Runtime session adds to a fresh process.
+
+Imports only numpy and onnxruntime. It reads the resident set before the session, then
+creates the session and runs the feeds; the high-water mark ``VmHWM`` (which, unlike
+``ru_maxrss``, starts afresh at ``execve``) minus the resident set before is the result.
+Usage: ``python -m edgeship._memprobe MODEL.onnx FEEDS.npz THREADS`` -> one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def probe(model_path: str, feeds_path: str, threads: int) -> dict[str, int]:
+    import onnxruntime as ort
+
+    with np.load(feeds_path, allow_pickle=False) as archive:
+        feeds = {k: archive[k] for k in archive.files}
+    before = _status_kib("VmRSS") * 1024
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    session = ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        session.run(None, feeds)
+    peak = _status_kib("VmHWM") * 1024
+    return {"peak_memory_bytes": max(0, peak - before), "process_peak_rss_bytes": peak}
+
+
+if __name__ == "__main__":
+    print(json.dumps(probe(sys.argv[1], sys.argv[2], int(sys.argv[3]))))

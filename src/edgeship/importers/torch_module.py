@@ -1,0 +1,139 @@
+"""Export a PyTorch module to ONNX with a dynamic batch axis."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from edgeship._workspace import scratch_dir
+from edgeship.errors import InvalidModelError
+from edgeship.model import Model
+
+__all__ = ["from_torch", "load_module_function", "export_onnx"]
+
+DEFAULT_OPSET = 17
+
+
+def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
+    import torch
+
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, dict):
+        return tuple(example_inputs.values())
+    if isinstance(example_inputs, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in example_inputs):
+        return tuple(example_inputs)
+    raise InvalidModelError(
+        f"example inputs must be a tensor, a tuple of tensors or a dict of tensors, got {type(example_inputs).__name__}."
+    )
+
+
+def export_onnx(
+    module: Any,
+    example_inputs: tuple[Any, ...],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    opset: int = DEFAULT_OPSET,
+) -> None:
+    """torch.onnx.export with the TorchScript exporter, whose graphs ORT's fusions match."""
+    import torch
+
+    module.eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                example_inputs,
+                str(path),
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise InvalidModelError(
+            f"the module {type(module).__name__} cannot be traced to ONNX: {first}. "
+            "Make forward() use tensor operations only (no data-dependent Python control flow)."
+        ) from None
+
+
+def from_torch(
+    module: Any,
+    example_inputs: Any,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+    opset: int = DEFAULT_OPSET,
+    source: str | None = None,
+) -> Model:
+    """Export ``module`` to ONNX (batch axis dynamic) and return it as a Model.
+
+    Example:
+        >>> model = edgeship.from_torch(net, torch.randn(1, 1, 32, 32))
+    """
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise InvalidModelError(f"from_torch needs a torch.nn.Module, got {type(module).__name__}.")
+    args = _as_tuple(example_inputs)
+    if input_names is None:
+        input_names = list(example_inputs) if isinstance(example_inputs, dict) else (
+            ["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))]
+        )
+    with torch.no_grad():
+        probe = module.eval()(*args)
+    n_out = len(probe) if isinstance(probe, (tuple, list)) else 1
+    if output_names is None:
+        output_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+    axes = {name: {0: "batch"} for name in [*input_names, *output_names]}
+    path = scratch_dir("torch") / "model.onnx"
+    export_onnx(module, args, path, input_names, output_names, axes, opset)
+    return Model(
+        path=path,
+        source=source or f"torch:{type(module).__name__}",
+        kind="torch",
+        torch_module=module,
+        export_inputs=args,
+    )
+
+
+def load_module_function(spec: str) -> Model:
+    """``MODULE:FUNCTION`` (or ``path/file.py:FUNCTION``) returning ``(module, example_inputs)``."""
+    mod_name, _, func_name = spec.rpartition(":")
+    if not mod_name or not func_name:
+        raise InvalidModelError(f"expected MODULE:FUNCTION, got {spec!r}.")
+    try:
+        if mod_name.endswith(".py"):
+            file = Path(mod_name)
+            if not file.is_file():
+                raise FileNotFoundError(mod_name)
+            import_spec = importlib.util.spec_from_file_location(file.stem, file)
+            module = importlib.util.module_from_spec(import_spec)
+            import_spec.loader.exec_module(module)
+        else:
+            if "" not in sys.path:
+                sys.path.insert(0, "")
+            module = importlib.import_module(mod_name)
+    except Exception as exc:
+        raise InvalidModelError(
+            f"cannot import {mod_name!r} ({type(exc).__name__}: {exc}); check the module path "
+            "and run from the folder that contains it."
+        ) from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise InvalidModelError(f"{mod_name!r} has no function {func_name!r}.")
+    result = func()
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise InvalidModelError(
+            f"{spec} must return (torch module, example inputs), got {type(result).__name__}."
+        )
+    return from_torch(result[0], result[1], source=spec)

@@ -1,0 +1,157 @@
+"""The :class:`Model` value that flows through the whole pipeline.
+
+A Model is an ONNX file on disk plus what edgeship knows about it: its I/O signature,
+where it came from (so text data can be tokenized with the model's own tokenizer) and
+its lineage (which passes made it, with which configs, from which input hash).
+Passes never modify a Model; they return a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Model", "TensorSpec", "LineageStep"]
+
+# ONNX TensorProto element types -> numpy dtype names (the subset models use as I/O).
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, numpy dtype and shape of one model input or output; a str dim is symbolic."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str | None, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class LineageStep:
+    """One transformation in a model's history."""
+
+    pass_name: str
+    config: dict[str, Any]
+    input_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pass": self.pass_name, **self.config, "input_sha256": self.input_sha256}
+
+
+@dataclass(frozen=True)
+class Model:
+    """An ONNX model file plus its provenance.
+
+    Attributes:
+        path: the ONNX file (weights inline, or external data beside it).
+        source: what the user handed in (file path, ``module:function``, HF directory).
+        kind: ``onnx``, ``torch`` or ``hf``.
+        tokenizer_dir: for Hugging Face text models, where the tokenizer lives.
+        lineage: the passes applied since import, oldest first.
+        arch: params/MACs inherited from the float parent when a pass keeps the architecture.
+        torch_module: the PyTorch module this was exported from, when known (not serialized).
+    """
+
+    path: Path
+    source: str
+    kind: str = "onnx"
+    tokenizer_dir: Path | None = None
+    lineage: tuple[LineageStep, ...] = ()
+    arch: dict[str, int] | None = None
+    torch_module: Any = field(default=None, repr=False, compare=False)
+    export_inputs: Any = field(default=None, repr=False, compare=False)
+
+    # ---- facts about the file -------------------------------------------------------
+    @cached_property
+    def _session_meta(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+
+        def specs(args: list[Any]) -> list[TensorSpec]:
+            return [
+                TensorSpec(a.name, _ORT_TYPES.get(a.type, a.type), tuple(a.shape)) for a in args
+            ]
+
+        return specs(sess.get_inputs()), specs(sess.get_outputs())
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._session_meta[0]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._session_meta[1]
+
+    @property
+    def files(self) -> list[Path]:
+        """The ONNX file and any external-data files beside it."""
+        extra = sorted(p for p in self.path.parent.glob(self.path.name + ".data*") if p.is_file())
+        return [self.path, *extra]
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(os.path.getsize(p) for p in self.files)
+
+    @cached_property
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        for p in self.files:
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        return h.hexdigest()
+
+    @property
+    def has_batch_axis(self) -> bool:
+        """True when every input's first dim is symbolic, so samples can be stacked."""
+        return all(s.shape and not isinstance(s.shape[0], int) for s in self.inputs)
+
+    def derive(self, path: Path, pass_name: str, config: dict[str, Any], keeps_arch: bool) -> "Model":
+        """A new Model produced from this one by a pass."""
+        step = LineageStep(pass_name, config, self.sha256)
+        arch = (self.arch or self.stats()) if keeps_arch else None
+        return replace(self, path=Path(path), lineage=(*self.lineage, step), arch=arch)
+
+    def stats(self, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, int]:
+        """Params and MACs per sample (batch 1). Quantized children inherit their parent's."""
+        if self.arch is not None and shapes is None:
+            return dict(self.arch)
+        from edgeship._graph import graph_stats
+
+        return graph_stats(self.path, shapes)
+
+    def session(self, threads: int = 2) -> Any:
+        """A fresh ONNX Runtime CPU session with a fixed intra-op thread count."""
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        return ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+
+    def run(self, feeds: dict[str, np.ndarray], threads: int = 2) -> list[np.ndarray]:
+        return self.session(threads).run(None, feeds)

@@ -1,0 +1,277 @@
+"""The optimize pipeline: recipes -> candidates -> measurements -> gate -> Pareto -> best."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from edgeship._workspace import scratch_dir
+from edgeship.dataset import Dataset, load_data, split
+from edgeship.errors import ConfigError, EdgeshipError
+from edgeship.evaluate import Metric, get_metric, measure_latency, measure_peak_memory, run_outputs
+from edgeship.model import Model
+from edgeship.passes import PassContext
+from edgeship.recipes import Recipe, resolve_recipes
+
+__all__ = ["Budget", "EvalSettings", "Candidate", "OptimizeResult", "optimize", "evaluate_model"]
+
+Objective = Literal["latency", "size", "accuracy"]
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a candidate may cost. ``max_accuracy_drop`` is in the metric's own units
+    (accuracy is a fraction: 0.01 = one percentage point; cosine 0.01 = 1.0 -> 0.99)."""
+
+    max_accuracy_drop: float = 0.01
+    #: "faster" means at least this speedup, so that timing noise does not pass a candidate.
+    min_speedup: float = 1.05
+
+    def __post_init__(self) -> None:
+        if not self.max_accuracy_drop >= 0:
+            raise ConfigError(f"max_accuracy_drop must be >= 0, got {self.max_accuracy_drop}.")
+        if not self.min_speedup > 0:
+            raise ConfigError(f"min_speedup must be > 0, got {self.min_speedup}.")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How candidates are measured: fixed threads, batch 1 latency over warm runs."""
+
+    threads: int = 2
+    batch_size: int = 1
+    warmup: int = 10
+    runs: int = 100
+    measure_memory: bool = True
+    max_eval_samples: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("threads", "batch_size", "runs", "max_eval_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+
+
+@dataclass
+class Candidate:
+    recipe: str
+    steps: list[dict[str, Any]]
+    status: str = "ok"  # ok | rejected | failed
+    reason: str = ""
+    model: Model | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    pareto: bool = False
+    path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        lineage = [s.to_dict() for s in self.model.lineage] if self.model else []
+        return {
+            "recipe": self.recipe,
+            "steps": self.steps,
+            "lineage": lineage,
+            "status": self.status,
+            "reason": self.reason,
+            "path": self.path,
+            "metrics": self.metrics,
+            "pareto": self.pareto,
+        }
+
+
+@dataclass
+class OptimizeResult:
+    baseline: Candidate
+    candidates: list[Candidate]
+    best: Candidate | None
+    metric: Metric
+    budget: Budget
+    settings: EvalSettings
+    objective: str
+    source: str
+
+    def report(self, out_dir: Path | str) -> Path:
+        """Write report.json, report.html, pareto.png, best.onnx and candidates/ into ``out_dir``."""
+        from edgeship.report import write_report
+
+        return write_report(self, Path(out_dir))
+
+    def to_dict(self) -> dict[str, Any]:
+        from edgeship import __version__
+
+        return {
+            "type": "edgeship.report",
+            "version": 1,
+            "edgeship_version": __version__,
+            "model": self.source,
+            "metric": {"name": self.metric.name, "higher_is_better": self.metric.higher_is_better},
+            "budget": self.budget.__dict__,
+            "settings": self.settings.__dict__,
+            "objective": self.objective,
+            "baseline": {"metrics": self.baseline.metrics},
+            "candidates": [c.to_dict() for c in self.candidates],
+            "best": self.best.recipe if self.best else None,
+        }
+
+
+def _first_sample(data: Dataset, batch_size: int) -> dict[str, np.ndarray]:
+    return {k: np.ascontiguousarray(v[:batch_size]) for k, v in data.inputs.items()}
+
+
+def evaluate_model(
+    model: Model,
+    data: Dataset,
+    metric: Metric,
+    reference: np.ndarray | None,
+    settings: EvalSettings,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Measure ``model`` on ``data``; returns (metrics, outputs). ``reference`` None = baseline."""
+    session = model.session(settings.threads)
+    eval_batch = 32 if model.has_batch_axis else 1
+    outputs = run_outputs(session, data.batches(eval_batch))
+    ref = outputs if reference is None else reference
+    metrics: dict[str, Any] = {metric.name: metric.fn(outputs, ref, data.labels)}
+    feeds = _first_sample(data, settings.batch_size)
+    metrics.update(measure_latency(session, feeds, settings.warmup, settings.runs))
+    metrics["size_bytes"] = model.size_bytes
+    if settings.measure_memory:
+        metrics["peak_memory_bytes"] = measure_peak_memory(model.path, feeds, settings.threads)
+    shapes = {k: v.shape for k, v in feeds.items()}
+    metrics.update(model.stats() if model.arch else model.stats(shapes))
+    return metrics, outputs
+
+
+def _pareto(points: list[tuple[float, ...]]) -> list[bool]:
+    """Non-dominated flags; every coordinate is lower-is-better."""
+    flags = []
+    for i, p in enumerate(points):
+        dominated = any(
+            all(q[k] <= p[k] for k in range(len(p))) and any(q[k] < p[k] for k in range(len(p)))
+            for j, q in enumerate(points)
+            if j != i
+        )
+        flags.append(not dominated)
+    return flags
+
+
+def _choose(candidates: list[Candidate], metric: Metric, objective: str) -> Candidate | None:
+    ok = [c for c in candidates if c.status == "ok"]
+    if not ok:
+        return None
+    sign = -1.0 if metric.higher_is_better else 1.0
+    keys = {
+        "latency": lambda c: (c.metrics["latency_ms_p50"], c.metrics["size_bytes"]),
+        "size": lambda c: (c.metrics["size_bytes"], c.metrics["latency_ms_p50"]),
+        "accuracy": lambda c: (sign * c.metrics[metric.name], c.metrics["latency_ms_p50"]),
+    }
+    if objective not in keys:
+        raise ConfigError(f"unknown objective {objective!r}; choose from {sorted(keys)}.")
+    return min(ok, key=keys[objective])
+
+
+def _gate(c: Candidate, base: dict[str, Any], metric: Metric, budget: Budget) -> None:
+    m = c.metrics
+    m["speedup"] = base["latency_ms_p50"] / m["latency_ms_p50"]
+    m["size_ratio"] = base["size_bytes"] / m["size_bytes"]
+    m["metric_drop"] = metric.drop(base[metric.name], m[metric.name])
+    reasons = []
+    if m["size_ratio"] <= 1.0:
+        reasons.append(f"not smaller than the baseline (size ratio {m['size_ratio']:.2f}x)")
+    if m["speedup"] < budget.min_speedup:
+        reasons.append(
+            f"not faster than the baseline (speedup {m['speedup']:.2f}x, needs {budget.min_speedup:.2f}x)"
+        )
+    if m["metric_drop"] > budget.max_accuracy_drop:
+        reasons.append(
+            f"{metric.name} drops by {m['metric_drop']:.4f}, more than the allowed {budget.max_accuracy_drop}"
+        )
+    if reasons:
+        c.status, c.reason = "rejected", "; ".join(reasons)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:400]
+
+
+def optimize(
+    model: Any,
+    data: Any,
+    eval_data: Any = None,
+    metric: Any = None,
+    recipes: Any = "auto",
+    budget: Budget | None = None,
+    settings: EvalSettings | None = None,
+    objective: Objective = "latency",
+    progress: ProgressFn | None = None,
+) -> OptimizeResult:
+    """Try each recipe on ``model``, measure every candidate, and pick the best that passes.
+
+    Args:
+        model: a Model, an .onnx path, a Hugging Face directory or ``module:function``.
+        data: calibration data (.npz/.txt path, dict of arrays or Dataset). When
+            ``eval_data`` is None it is split into disjoint calibration and evaluation halves.
+        metric: ``accuracy`` (needs labels), ``cosine``, ``mse``, ``module:function``, a
+            callable, or None for accuracy-if-labelled-else-cosine.
+        recipes: ``"auto"``, ``"name1,name2"``, a recipe file, Recipe objects.
+        budget: the allowed quality drop. A candidate must also be smaller and faster.
+        objective: what ``best`` minimises among passing candidates.
+        progress: called as ``progress(done, total, label)``.
+    """
+    from edgeship.importers import load
+
+    budget = budget or Budget()
+    settings = settings or EvalSettings()
+    model = load(model)
+    calibration = load_data(data, model)
+    if eval_data is None:
+        calibration, evaluation = split(calibration)
+    else:
+        evaluation = load_data(eval_data, model)
+    evaluation = evaluation.take(slice(0, settings.max_eval_samples))
+    metric = get_metric(metric, evaluation.labels is not None)
+    if metric.needs_labels and evaluation.labels is None:
+        raise EdgeshipError("metric 'accuracy' needs 'labels' in the evaluation data.")
+    explicit = not (isinstance(recipes, str) and recipes.strip() == "auto") and recipes is not None
+    chosen: list[Recipe] = resolve_recipes(recipes, model)
+    workdir = scratch_dir("optimize")
+    plan: list[Recipe] = []
+    for recipe in chosen:
+        try:
+            recipe.check(model, PassContext(workdir, calibration))
+            plan.append(recipe)
+        except EdgeshipError:
+            if explicit:
+                raise
+    total = len(plan) + 1
+    notify = progress or (lambda done, total, label: None)
+
+    notify(0, total, "baseline")
+    base_metrics, reference = evaluate_model(model, evaluation, metric, None, settings)
+    baseline = Candidate("baseline", [], "ok", "", model, base_metrics)
+    baseline.metrics.update(speedup=1.0, size_ratio=1.0, metric_drop=0.0)
+
+    candidates: list[Candidate] = []
+    for i, recipe in enumerate(plan, start=1):
+        notify(i, total, recipe.name)
+        cand = Candidate(recipe.name, [s.to_dict() for s in recipe.steps])
+        try:
+            ctx = PassContext(scratch_dir(f"recipe-{i:02d}"), calibration)
+            cand.model = recipe.apply(model, ctx)
+            cand.metrics, _ = evaluate_model(cand.model, evaluation, metric, reference, settings)
+            _gate(cand, base_metrics, metric, budget)
+        except Exception as exc:  # a failing recipe is recorded; the others still run
+            cand.status, cand.reason, cand.model = "failed", _one_line(exc), None
+        candidates.append(cand)
+    notify(total, total, "done")
+
+    measured = [baseline] + [c for c in candidates if c.status != "failed"]
+    sign = -1.0 if metric.higher_is_better else 1.0
+    flags = _pareto(
+        [(sign * c.metrics[metric.name], c.metrics["latency_ms_p50"], c.metrics["size_bytes"]) for c in measured]
+    )
+    for c, flag in zip(measured, flags):
+        c.pareto = flag
+    best = _choose(candidates, metric, objective)
+    return OptimizeResult(baseline, candidates, best, metric, budget, settings, objective, model.source)

@@ -1,0 +1,82 @@
+"""Graph optimization before quantization: ONNX Runtime's rewrites and transformer fusions."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from edgeship.errors import PassNotApplicableError
+from edgeship.model import Model
+from edgeship.passes.base import PassConfig, PassContext, ops_in, register_pass
+
+__all__ = ["OptimizeGraph"]
+
+# Hugging Face model types that ORT's BERT fusions handle.
+_BERT_FAMILY = {"bert", "roberta", "distilbert", "xlm-roberta", "electra", "camembert", "mpnet"}
+
+
+def _hf_model_type(model: Model) -> str | None:
+    if model.tokenizer_dir is None:
+        return None
+    try:
+        return json.loads((model.tokenizer_dir / "config.json").read_text())["model_type"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+@register_pass
+@dataclass(frozen=True)
+class OptimizeGraph(PassConfig):
+    """Rewrite the graph for speed without changing its numbers (beyond float rounding).
+
+    ``mode="transformer"`` runs ORT's BERT-family fusions (EmbedLayerNormalization,
+    Attention, SkipLayerNormalization, BiasGelu); ``mode="basic"`` runs ORT's portable
+    rewrites (constant folding, Conv+BatchNorm fusion, redundant-node removal), which keep
+    standard ONNX ops; ``auto`` picks transformer for BERT-family models.
+    """
+
+    name = "optimize_graph"
+    mode: Literal["auto", "basic", "transformer"] = "auto"
+
+    def _resolved_mode(self, model: Model) -> str:
+        if self.mode != "auto":
+            return self.mode
+        return "transformer" if _hf_model_type(model) in _BERT_FAMILY else "basic"
+
+    def check(self, model: Model, ctx: PassContext) -> None:
+        if self._resolved_mode(model) == "transformer" and not {"Softmax", "MatMul"} <= ops_in(model):
+            raise PassNotApplicableError(
+                "optimize_graph: mode 'transformer' needs a BERT-style graph (MatMul + Softmax "
+                "attention); use mode 'basic' for this model."
+            )
+
+    def apply(self, model: Model, ctx: PassContext) -> Path:
+        out = ctx.output_path(self.name)
+        if self._resolved_mode(model) == "transformer":
+            from onnxruntime.transformers import optimizer
+
+            logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+            # num_heads/hidden_size 0: detected from the graph. opt_level 0: only the Python
+            # fusions, so the saved graph stays portable across execution providers.
+            optimized = optimizer.optimize_model(
+                str(model.path), model_type="bert", num_heads=0, hidden_size=0, opt_level=0
+            )
+            fused = optimized.get_fused_operator_statistics()
+            if not fused.get("Attention") and not fused.get("MultiHeadAttention"):
+                raise PassNotApplicableError(
+                    "optimize_graph: no attention pattern matched ORT's BERT fusions; "
+                    "use mode 'basic' for this model."
+                )
+            optimized.save_model_to_file(str(out))
+            return out
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(out)
+        so.log_severity_level = 3
+        ort.InferenceSession(str(model.path), so, providers=["CPUExecutionProvider"])
+        return out

@@ -1,0 +1,124 @@
+"""Write an optimize result into a folder, atomically: build beside it, then rename into place."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgeship.report.plots import pareto_plot
+
+__all__ = ["write_report", "render_html", "fmt_bytes", "check_out_dir"]
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def table_rows(result: Any) -> list[dict[str, str]]:
+    """One display row per candidate, shared by the HTML report and the CLI table."""
+    metric = result.metric.name
+    rows = []
+    for c in [result.baseline, *result.candidates]:
+        m = c.metrics
+        measured = bool(m)
+        rows.append(
+            {
+                "recipe": c.recipe + (" *" if result.best is c else ""),
+                "status": "baseline" if c is result.baseline else c.status,
+                metric: f"{m[metric]:.4f}" if measured else "-",
+                "p50 ms": f"{m['latency_ms_p50']:.3f}" if measured else "-",
+                "p95 ms": f"{m['latency_ms_p95']:.3f}" if measured else "-",
+                "speedup": f"{m['speedup']:.2f}x" if measured else "-",
+                "size": fmt_bytes(m["size_bytes"]) if measured else "-",
+                "smaller": f"{m['size_ratio']:.2f}x" if measured else "-",
+                "peak mem": fmt_bytes(m["peak_memory_bytes"]) if "peak_memory_bytes" in m else "-",
+                "pareto": "yes" if c.pareto else "",
+                "reason": c.reason,
+            }
+        )
+    return rows
+
+
+def render_html(result: Any, png: bytes) -> str:
+    rows = table_rows(result)
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
+    body = "".join(
+        f"<tr class='{html.escape(r['status'])}'>" + "".join(f"<td>{html.escape(v)}</td>" for v in r.values()) + "</tr>"
+        for r in rows
+    )
+    best = result.best.recipe if result.best else "none passed the gate"
+    image = base64.b64encode(png).decode("ascii")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>edgeship report</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2rem;color:#222}} table{{border-collapse:collapse;font-size:.9rem}}
+td,th{{border:1px solid #ddd;padding:.3rem .5rem;text-align:left}} th{{background:#f3f3f3}}
+tr.rejected td,tr.failed td{{color:#888}} tr.baseline td{{font-weight:600}}
+</style></head><body>
+<h1>edgeship optimize report</h1>
+<p>Model: <code>{html.escape(result.source)}</code> &middot; metric: <b>{html.escape(result.metric.name)}</b>
+&middot; allowed drop: {result.budget.max_accuracy_drop} &middot; objective: {html.escape(result.objective)}
+&middot; threads: {result.settings.threads}, batch {result.settings.batch_size}</p>
+<p>Best: <b>{html.escape(best)}</b> (marked *). A candidate is rejected when it is not smaller, not faster, or loses more
+than the allowed drop. Latency is measured on this machine.</p>
+<table><tr>{head}</tr>{body}</table>
+<h2>Pareto plot</h2><img alt="metric against latency" src="data:image/png;base64,{image}">
+</body></html>
+"""
+
+
+def _copy_model(model: Any, dest: Path) -> None:
+    shutil.copyfile(model.path, dest)
+    for extra in model.files[1:]:
+        shutil.copyfile(extra, dest.parent / extra.name.replace(model.path.name, dest.name, 1))
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse to replace a folder that holds something other than an earlier edgeship report."""
+    from edgeship.errors import ConfigError
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "report.json").is_file())):
+        raise ConfigError(
+            f"--out {str(out_dir)!r} exists and is not an edgeship report folder; choose a new or empty folder."
+        )
+
+
+def write_report(result: Any, out_dir: Path) -> Path:
+    """Build the report in a temporary sibling folder, then swap it into ``out_dir``."""
+    check_out_dir(out_dir)
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        (tmp / "candidates").mkdir()
+        for c in result.candidates:
+            if c.model is not None:
+                _copy_model(c.model, tmp / "candidates" / f"{c.recipe}.onnx")
+                c.path = f"candidates/{c.recipe}.onnx"
+        if result.best is not None:
+            _copy_model(result.best.model, tmp / "best.onnx")
+        pareto_plot(result, tmp / "pareto.png")
+        (tmp / "report.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+        (tmp / "report.html").write_text(render_html(result, (tmp / "pareto.png").read_bytes()), encoding="utf-8")
+        old = None
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
