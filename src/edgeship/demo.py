@@ -68,7 +68,7 @@ def train_digits_cnn(data: dict[str, np.ndarray], epochs: int = 12, seed: int = 
             opt.step()
             sched.step()
         if progress is not None:
-            progress(epoch + 1, epochs, float(loss))
+            progress(epoch + 1, epochs, float(loss.detach()))
     return model.eval()
 
 

@@ -48,9 +48,11 @@ class EvalSettings:
     runs: int = 100
     measure_memory: bool = True
     max_eval_samples: int = 1000
+    #: tokens per sentence when data is a .txt file for a Hugging Face text model
+    text_max_length: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("threads", "batch_size", "runs", "max_eval_samples"):
+        for name in ("threads", "batch_size", "runs", "max_eval_samples", "text_max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
 
@@ -224,11 +226,11 @@ def optimize(
     budget = budget or Budget()
     settings = settings or EvalSettings()
     model = load(model)
-    calibration = load_data(data, model)
+    calibration = load_data(data, model, settings.text_max_length)
     if eval_data is None:
         calibration, evaluation = split(calibration)
     else:
-        evaluation = load_data(eval_data, model)
+        evaluation = load_data(eval_data, model, settings.text_max_length)
     evaluation = evaluation.take(slice(0, settings.max_eval_samples))
     metric = get_metric(metric, evaluation.labels is not None)
     if metric.needs_labels and evaluation.labels is None:

@@ -1,0 +1,212 @@
+"""The ``edgeship`` command line: parses, calls the Python API, renders with rich."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from edgeship.errors import EdgeshipError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="edgeship: import, compress, measure and choose models for edge devices.",
+)
+# Piped output (logs, CI) has no terminal width; give tables room instead of folding them.
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+
+
+def _guard(fn: Callable[[], Any]) -> Any:
+    """Run ``fn``; turn a user-facing error into one line on stderr and exit status 2."""
+    try:
+        return fn()
+    except EdgeshipError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # a bug in edgeship or a dependency: still one line, unless debugging
+        if os.environ.get("EDGESHIP_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        err_console.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {first} (set EDGESHIP_DEBUG=1 for a traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+
+
+def _results_table(result: Any) -> Table:
+    from edgeship.report.writer import table_rows
+
+    rows = table_rows(result)
+    table = Table(title=f"edgeship optimize: {result.source}", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    styles = {"baseline": "bold", "ok": "green", "rejected": "dim", "failed": "red"}
+    shown = [k for k in rows[0] if k not in ("reason", "p95 ms", "pareto")]
+    for key in shown:
+        table.add_column(key, no_wrap=True)
+    for row in rows:
+        table.add_row(*(row[k] for k in shown), style=styles.get(row["status"], ""))
+    return table
+
+
+def _print_results(result: Any, out: Path) -> None:
+    console.print(_results_table(result))
+    for c in result.candidates:
+        if c.reason:
+            console.print(f"  [dim]{c.recipe} {c.status}:[/] {c.reason}", highlight=False)
+    best = result.best.recipe if result.best else "none (every candidate was rejected or failed)"
+    console.print(f"best: [bold]{best}[/]  (* in the table)", highlight=False)
+    console.print(f"report: {out / 'report.html'}  (also report.json, pareto.png, best.onnx, candidates/)", highlight=False)
+
+
+def _progress_runner(label: str) -> tuple[Any, Callable[[int, int, str], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err_console, transient=False,
+    )
+    task = progress.add_task(label, total=None)
+
+    def update(done: int, total: int, name: str) -> None:
+        progress.update(task, completed=done, total=total, description=f"{label}: {name}")
+
+    return progress, update
+
+
+@app.command()
+def optimize(
+    model: str = typer.Argument(..., help="An .onnx file, a Hugging Face directory, or MODULE:FUNCTION."),
+    data: Path = typer.Option(..., "--data", help="Calibration data: .npz (arrays named after the inputs, optional 'labels') or .txt."),
+    eval: Optional[Path] = typer.Option(None, "--eval", help="Evaluation data; without it --data is split in two."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="accuracy | cosine | mse | MODULE:FUNCTION (default: accuracy if labelled, else cosine)."),
+    recipes: str = typer.Option("auto", "--recipes", help="auto, NAME[,NAME...] (see `edgeship recipes`), or a recipe .yaml/.json."),
+    max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop", help="Allowed metric drop, in the metric's units (0.01 = 1 point of accuracy)."),
+    threads: int = typer.Option(2, "--threads", help="Intra-op threads for every measurement."),
+    objective: str = typer.Option("latency", "--objective", help="What `best` minimises: latency | size | accuracy."),
+    seq_len: int = typer.Option(64, "--seq-len", help="Tokens per sentence for .txt data."),
+    out: Path = typer.Option(Path("edgeship-out"), "--out", help="Report folder (replaced if it holds an earlier report)."),
+) -> None:
+    """Compress a model with each recipe, measure every candidate, and pick the best."""
+    import edgeship
+    from edgeship.report.writer import check_out_dir
+
+    def work() -> Any:
+        check_out_dir(out)
+        budget = edgeship.Budget(max_accuracy_drop=max_accuracy_drop)
+        settings = edgeship.EvalSettings(threads=threads, text_max_length=seq_len)
+        progress, update = _progress_runner("optimizing")
+        with progress:
+            result = edgeship.optimize(model, data=data, eval_data=eval, metric=metric, recipes=recipes,
+                                       budget=budget, settings=settings, objective=objective, progress=update)
+        result.report(out)
+        return result
+
+    _print_results(_guard(work), out)
+
+
+@app.command()
+def inspect(
+    model: str = typer.Argument(..., help="An .onnx file, a Hugging Face directory, or MODULE:FUNCTION."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    shape: list[str] = typer.Option([], "--shape", help="Sizes for dynamic dims, e.g. input_ids=1x64 (default 1)."),
+) -> None:
+    """Inputs and outputs, opset, op histogram, params, MACs and size."""
+    from edgeship.inspect import inspect_model
+    from edgeship.report.writer import fmt_bytes
+
+    def work() -> Any:
+        shapes = {}
+        for item in shape:
+            name, _, dims = item.partition("=")
+            try:
+                shapes[name] = tuple(int(d) for d in dims.lower().split("x"))
+            except ValueError:
+                raise EdgeshipError(f"--shape {item!r} is not NAME=D1xD2x...; e.g. input_ids=1x64.") from None
+        return inspect_model(model, shapes)
+
+    info = _guard(work)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    io = Table(title=f"{info['source']}", title_justify="left")
+    for col in ("", "name", "dtype", "shape"):
+        io.add_column(col)
+    for kind in ("inputs", "outputs"):
+        for spec in info[kind]:
+            io.add_row(kind[:-1], spec["name"], spec["dtype"], str(spec["shape"]))
+    console.print(io)
+    summary = Table(show_header=False)
+    summary.add_row("opset", ", ".join(f"{k} {v}" for k, v in info["opset"].items()))
+    summary.add_row("params", f"{info['params']:,}")
+    summary.add_row("MACs (batch 1)", f"{info['macs']:,}")
+    summary.add_row("size", fmt_bytes(info["size_bytes"]))
+    summary.add_row("ops", ", ".join(f"{k} {v}" for k, v in info["ops"].items()))
+    console.print(summary)
+
+
+@app.command()
+def recipes() -> None:
+    """List the built-in recipes and the registered passes."""
+    from edgeship.passes import PASSES
+    from edgeship.recipes import presets
+
+    table = Table(title="recipes", title_justify="left")
+    for col in ("name", "steps", "description"):
+        table.add_column(col)
+    for name, recipe in presets().items():
+        table.add_row(name, " -> ".join(s.name for s in recipe.steps), recipe.description)
+    console.print(table)
+    console.print("passes: " + ", ".join(sorted(PASSES)))
+
+
+@app.command()
+def demo(
+    model: str = typer.Option("digits", "--model", help="digits (a CNN trained here in seconds) or minilm (bundled all-MiniLM-L6-v2)."),
+    out: Path = typer.Option(Path("edgeship-out"), "--out", help="Report folder."),
+    threads: int = typer.Option(2, "--threads", help="Intra-op threads for every measurement."),
+) -> None:
+    """Run the whole pipeline on a built-in model and data set."""
+    import edgeship
+    from edgeship.demo import prepare_demo
+    from edgeship._workspace import scratch_dir
+    from edgeship.report.writer import check_out_dir
+
+    def work() -> Any:
+        check_out_dir(out)
+        if model not in ("digits", "minilm"):
+            raise EdgeshipError(f"unknown demo {model!r}; choose --model digits or --model minilm.")
+        progress, update = _progress_runner(f"demo {model}")
+        with progress:
+            def train_progress(epoch: int, epochs: int, loss: float) -> None:
+                update(epoch, epochs, f"training CNN on digits, loss {loss:.3f}")
+
+            update(0, 1, "preparing model and data")
+            prepared = prepare_demo(model, scratch_dir("demo"), train_progress)
+            result = edgeship.optimize(prepared[0], data=prepared[1], eval_data=prepared[2],
+                                       settings=edgeship.EvalSettings(threads=threads), progress=update)
+        result.report(out)
+        return result
+
+    _print_results(_guard(work), out)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
