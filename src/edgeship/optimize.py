@@ -11,7 +11,7 @@ import numpy as np
 from edgeship._workspace import scratch_dir
 from edgeship.dataset import Dataset, load_data, split
 from edgeship.errors import ConfigError, EdgeshipError
-from edgeship.evaluate import Metric, get_metric, measure_latency, measure_peak_memory, run_outputs
+from edgeship.evaluate import Metric, get_metric, measure_latencies, measure_peak_memory, run_outputs
 from edgeship.model import Model
 from edgeship.passes import PassContext
 from edgeship.recipes import Recipe, resolve_recipes
@@ -46,6 +46,8 @@ class EvalSettings:
     batch_size: int = 1
     warmup: int = 10
     runs: int = 100
+    #: latency is timed round-robin over all candidates in this many rounds
+    rounds: int = 5
     measure_memory: bool = True
     max_eval_samples: int = 1000
     #: tokens per sentence when data is a .txt file for a Hugging Face text model
@@ -128,14 +130,14 @@ def evaluate_model(
     reference: np.ndarray | None,
     settings: EvalSettings,
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Measure ``model`` on ``data``; returns (metrics, outputs). ``reference`` None = baseline."""
+    """Quality, size, memory, params and MACs of ``model`` (latency is timed separately,
+    interleaved over all candidates). Returns (metrics, outputs); ``reference`` None = baseline."""
     session = model.session(settings.threads)
     eval_batch = 32 if model.has_batch_axis else 1
     outputs = run_outputs(session, data.batches(eval_batch))
     ref = outputs if reference is None else reference
     metrics: dict[str, Any] = {metric.name: metric.fn(outputs, ref, data.labels)}
     feeds = _first_sample(data, settings.batch_size)
-    metrics.update(measure_latency(session, feeds, settings.warmup, settings.runs))
     metrics["size_bytes"] = model.size_bytes
     if settings.measure_memory:
         metrics["peak_memory_bytes"] = measure_peak_memory(model.path, feeds, settings.threads)
@@ -246,7 +248,7 @@ def optimize(
         except EdgeshipError:
             if explicit:
                 raise
-    total = len(plan) + 1
+    total = len(plan) + 2  # baseline, each recipe, then the interleaved timing
     notify = progress or (lambda done, total, label: None)
 
     notify(0, total, "baseline")
@@ -262,13 +264,23 @@ def optimize(
             ctx = PassContext(scratch_dir(f"recipe-{i:02d}"), calibration)
             cand.model = recipe.apply(model, ctx)
             cand.metrics, _ = evaluate_model(cand.model, evaluation, metric, reference, settings)
-            _gate(cand, base_metrics, metric, budget)
         except Exception as exc:  # a failing recipe is recorded; the others still run
             cand.status, cand.reason, cand.model = "failed", _one_line(exc), None
         candidates.append(cand)
-    notify(total, total, "done")
 
     measured = [baseline] + [c for c in candidates if c.status != "failed"]
+    notify(total - 1, total, f"timing {len(measured)} models in {settings.rounds} interleaved rounds")
+    feeds = _first_sample(evaluation, settings.batch_size)
+    timings = measure_latencies(
+        [c.model.session(settings.threads) for c in measured], feeds, settings.warmup, settings.runs, settings.rounds
+    )
+    for c, timing in zip(measured, timings):
+        c.metrics.update(timing)
+    for c in candidates:
+        if c.status != "failed":
+            _gate(c, baseline.metrics, metric, budget)
+    notify(total, total, "done")
+
     sign = -1.0 if metric.higher_is_better else 1.0
     flags = _pareto(
         [(sign * c.metrics[metric.name], c.metrics["latency_ms_p50"], c.metrics["size_bytes"]) for c in measured]

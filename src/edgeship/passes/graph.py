@@ -18,13 +18,17 @@ __all__ = ["OptimizeGraph"]
 _BERT_FAMILY = {"bert", "roberta", "distilbert", "xlm-roberta", "electra", "camembert", "mpnet"}
 
 
-def _hf_model_type(model: Model) -> str | None:
+def _hf_config(model: Model) -> dict:
     if model.tokenizer_dir is None:
-        return None
+        return {}
     try:
-        return json.loads((model.tokenizer_dir / "config.json").read_text())["model_type"]
-    except (OSError, ValueError, KeyError):
-        return None
+        return json.loads((model.tokenizer_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _hf_model_type(model: Model) -> str | None:
+    return _hf_config(model).get("model_type")
 
 
 @register_pass
@@ -40,6 +44,9 @@ class OptimizeGraph(PassConfig):
 
     name = "optimize_graph"
     mode: Literal["auto", "basic", "transformer"] = "auto"
+    #: attention heads and hidden size for the fusions; 0 = from the HF config
+    num_heads: int = 0
+    hidden_size: int = 0
 
     def _resolved_mode(self, model: Model) -> str:
         if self.mode != "auto":
@@ -61,14 +68,17 @@ class OptimizeGraph(PassConfig):
             logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
             # num_heads/hidden_size 0: detected from the graph. opt_level 0: only the Python
             # fusions, so the saved graph stays portable across execution providers.
+            config = _hf_config(model)
+            heads = self.num_heads or int(config.get("num_attention_heads", 0))
+            hidden = self.hidden_size or int(config.get("hidden_size", 0))
             optimized = optimizer.optimize_model(
-                str(model.path), model_type="bert", num_heads=0, hidden_size=0, opt_level=0
+                str(model.path), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0
             )
             fused = optimized.get_fused_operator_statistics()
             if not fused.get("Attention") and not fused.get("MultiHeadAttention"):
                 raise PassNotApplicableError(
-                    "optimize_graph: no attention pattern matched ORT's BERT fusions; "
-                    "use mode 'basic' for this model."
+                    "optimize_graph: no attention pattern matched ORT's BERT fusions (num_heads="
+                    f"{heads}, hidden_size={hidden}); set num_heads and hidden_size, or use mode 'basic'."
                 )
             optimized.save_model_to_file(str(out))
             return out

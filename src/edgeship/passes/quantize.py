@@ -24,15 +24,13 @@ _QTYPES = {"int8": "QInt8", "uint8": "QUInt8"}
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """ORT's quantizers print calibration chatter and log root warnings; keep the CLI clean."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    logging.disable(logging.WARNING)
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        root.setLevel(level)
+        logging.disable(logging.NOTSET)
 
 
 def _save(proto: Any, path: Path) -> Path:
@@ -227,19 +225,23 @@ class QuantizeInt4(PassConfig):
             )
 
     def apply(self, model: Model, ctx: PassContext) -> Path:
-        import logging
-
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
         ops = ("MatMul", "Gather") if self.include_gather else ("MatMul",)
-        logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-        quantizer = MatMulNBitsQuantizer(
-            onnx.load(str(model.path)),
-            block_size=self.block_size,
-            is_symmetric=self.symmetric,
-            accuracy_level=self.accuracy_level,
-            op_types_to_quantize=ops,
-        )
-        quantizer.process()
+        proto = onnx.load(str(model.path))
+        default_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 21)
+        if self.include_gather and default_opset < 21:
+            # int4 Gather data needs opset 21; the quantizer only relabels the opset, so
+            # convert properly first (e.g. ReduceL2's axes move from attribute to input).
+            proto = onnx.version_converter.convert_version(proto, 21)
+        with _quiet():
+            quantizer = MatMulNBitsQuantizer(
+                proto,
+                block_size=self.block_size,
+                is_symmetric=self.symmetric,
+                accuracy_level=self.accuracy_level,
+                op_types_to_quantize=ops,
+            )
+            quantizer.process()
         return _save(quantizer.model.model, ctx.output_path(self.name))

@@ -20,14 +20,14 @@ def pareto_plot(result: Any, path: Path) -> None:
     rows = [result.baseline] + [c for c in result.candidates if c.status != "failed"]
     largest = max(c.metrics["size_bytes"] for c in rows)
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
-    for c in rows:
+    for i, c in enumerate(rows):
         kind = "baseline" if c is result.baseline else c.status
         x, y = c.metrics["latency_ms_p50"], c.metrics[metric]
         area = 60 + 900 * c.metrics["size_bytes"] / largest
         edge = "#d62728" if c.pareto else "none"
         ax.scatter(x, y, s=area, c=_COLORS[kind], alpha=0.75, edgecolors=edge, linewidths=2, zorder=3)
         label = c.recipe + (" (best)" if result.best is c else "")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(8, 8 - 11 * (i % 3)), fontsize=8)
     front = sorted((c for c in rows if c.pareto), key=lambda c: c.metrics["latency_ms_p50"])
     if len(front) > 1:
         ax.plot([c.metrics["latency_ms_p50"] for c in front], [c.metrics[metric] for c in front],
