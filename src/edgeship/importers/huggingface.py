@@ -14,7 +14,7 @@ from typing import Any
 
 from edgeship._workspace import scratch_dir
 from edgeship.errors import InvalidModelError
-from edgeship.importers.torch_module import export_onnx
+from edgeship.importers.torch_module import check_parity, export_onnx
 from edgeship.model import Model
 
 __all__ = ["load_hf_dir", "DEFAULT_SEQ_LEN"]
@@ -141,6 +141,7 @@ def load_hf_dir(model_dir: Path | str, seq_len: int = DEFAULT_SEQ_LEN) -> Model:
         axes = {n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]}
     path = scratch_dir("hf") / "model.onnx"
     export_onnx(module, args, path, names, outputs, axes)
+    check_parity(module, args, path, names)
     return Model(
         path=path,
         source=str(model_dir),

@@ -67,6 +67,49 @@ def export_onnx(
         ) from None
 
 
+def _parity_inputs(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A second batch (2 samples) unlike the example: float inputs get fresh values."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1234)
+    out = []
+    for t in args:
+        t2 = torch.cat([t, t], dim=0)
+        if t2.is_floating_point():
+            t2 = t2 + torch.randn(t2.shape, generator=gen, dtype=t2.dtype) * (t2.std() + 1e-3)
+        out.append(t2)
+    return tuple(out)
+
+
+def check_parity(module: Any, args: tuple[Any, ...], path: Path, input_names: list[str]) -> None:
+    """Refuse an export that does not reproduce the module on a batch it was not traced on.
+
+    Tracing records one path through forward(); Python control flow or ``.item()`` on data
+    is frozen into constants and the model is silently wrong on other inputs.
+    """
+    import onnxruntime as ort
+    import torch
+
+    probe = _parity_inputs(args)
+    with torch.no_grad():
+        expected = module(*probe)
+    expected = expected[0] if isinstance(expected, (tuple, list)) else expected
+    if hasattr(expected, "last_hidden_state"):
+        expected = expected.last_hidden_state
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    got = session.run(None, {n: t.numpy() for n, t in zip(input_names, probe)})[0]
+    want = expected.detach().numpy()
+    scale = float(abs(want).max()) + 1e-6
+    if got.shape != want.shape or float(abs(got - want).max()) > 1e-3 * scale + 1e-4:
+        raise InvalidModelError(
+            f"the ONNX export of {type(module).__name__} does not reproduce the module on a new batch "
+            "(tracing froze data-dependent control flow or .item() into constants); make forward() "
+            "use tensor operations only."
+        )
+
+
 def from_torch(
     module: Any,
     example_inputs: Any,
@@ -97,6 +140,7 @@ def from_torch(
     axes = {name: {0: "batch"} for name in [*input_names, *output_names]}
     path = scratch_dir("torch") / "model.onnx"
     export_onnx(module, args, path, input_names, output_names, axes, opset)
+    check_parity(module, args, path, input_names)
     return Model(
         path=path,
         source=source or f"torch:{type(module).__name__}",

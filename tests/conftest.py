@@ -1,0 +1,118 @@
+"""Tiny models and data built in code, shared by the tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def digits8() -> dict[str, np.ndarray]:
+    """scikit-learn digits at their native 8x8, split train/test."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    y = d.target.astype(np.int64)
+    return {"x_train": x[:1200], "y_train": y[:1200], "x_test": x[1200:], "y_test": y[1200:]}
+
+
+def _small_cnn():
+    import torch.nn as nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(digits8):
+    """A small CNN trained for a few seconds on 8x8 digits (test accuracy ~0.95+)."""
+    import torch
+
+    torch.manual_seed(0)
+    net = _small_cnn()
+    opt = torch.optim.Adam(net.parameters(), lr=5e-3)
+    x, y = torch.from_numpy(digits8["x_train"]), torch.from_numpy(digits8["y_train"])
+    for _ in range(15):
+        for idx in torch.randperm(len(x)).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
+            opt.step()
+    return net.eval()
+
+
+@pytest.fixture(scope="session")
+def cnn_model(trained_cnn, digits8):
+    import torch
+
+    import edgeship
+
+    return edgeship.from_torch(trained_cnn, torch.from_numpy(digits8["x_train"][:1]), input_names=["image"])
+
+
+@pytest.fixture(scope="session")
+def cnn_data(tmp_path_factory, digits8) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cnn-data")
+    calib, evald = root / "calib.npz", root / "eval.npz"
+    np.savez(calib, image=digits8["x_train"][:200], labels=digits8["y_train"][:200])
+    np.savez(evald, image=digits8["x_test"], labels=digits8["y_test"])
+    return {"calib": calib, "eval": evald}
+
+
+@pytest.fixture(scope="session")
+def cnn_onnx(cnn_model, tmp_path_factory) -> Path:
+    """The trained CNN as a plain .onnx file on disk, as a user would hand it in."""
+    path = tmp_path_factory.mktemp("cnn-onnx") / "cnn.onnx"
+    shutil.copyfile(cnn_model.path, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A 2-layer BERT sentence-transformers directory (random weights, MiniLM's tokenizer)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from edgeship.demo import minilm_dir
+
+    torch.manual_seed(0)
+    src = minilm_dir()
+    root = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=128)
+    BertModel(config).save_pretrained(root, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "modules.json"):
+        shutil.copyfile(src / name, root / name)
+    (root / "1_Pooling").mkdir()
+    (root / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 64, "pooling_mode_mean_tokens": True}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tiny_bert_dir):
+    import edgeship
+
+    return edgeship.load(tiny_bert_dir)
+
+
+@pytest.fixture(scope="session")
+def sentences_file(tmp_path_factory) -> Path:
+    from edgeship.demo import demo_sentences
+
+    path = tmp_path_factory.mktemp("text") / "sentences.txt"
+    path.write_text("\n".join(demo_sentences()[:40]) + "\n")
+    return path
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    return float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
