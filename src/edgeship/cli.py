@@ -77,7 +77,7 @@ def _progress_runner(label: str) -> tuple[Any, Callable[[int, int, str], None]]:
 
     progress = Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err_console, transient=False,
+        console=err_console, transient=True,
     )
     task = progress.add_task(label, total=None)
 
@@ -102,16 +102,18 @@ def optimize(
 ) -> None:
     """Compress a model with each recipe, measure every candidate, and pick the best."""
     import edgeship
+    from edgeship.pipeline import plan_optimization
     from edgeship.report.writer import check_out_dir
 
     def work() -> Any:
         check_out_dir(out)
         budget = edgeship.Budget(max_accuracy_drop=max_accuracy_drop)
         settings = edgeship.EvalSettings(threads=threads, text_max_length=seq_len)
+        plan = plan_optimization(model, data=data, eval_data=eval, metric=metric, recipes=recipes,
+                                 budget=budget, settings=settings, objective=objective)  # type: ignore[arg-type]
         progress, update = _progress_runner("optimizing")
         with progress:
-            result = edgeship.optimize(model, data=data, eval_data=eval, metric=metric, recipes=recipes,
-                                       budget=budget, settings=settings, objective=objective, progress=update)
+            result = plan.run(update)
         result.report(out)
         return result
 
@@ -125,7 +127,7 @@ def inspect(
     shape: list[str] = typer.Option([], "--shape", help="Sizes for dynamic dims, e.g. input_ids=1x64 (default 1)."),
 ) -> None:
     """Inputs and outputs, opset, op histogram, params, MACs and size."""
-    from edgeship.inspect import inspect_model
+    from edgeship.inspection import inspect_model
     from edgeship.report.writer import fmt_bytes
 
     def work() -> Any:
@@ -181,6 +183,7 @@ def demo(
 ) -> None:
     """Run the whole pipeline on a built-in model and data set."""
     import edgeship
+    from edgeship.pipeline import plan_optimization
     from edgeship.demo import prepare_demo
     from edgeship._workspace import scratch_dir
     from edgeship.report.writer import check_out_dir
@@ -196,8 +199,9 @@ def demo(
 
             update(0, 1, "preparing model and data")
             prepared = prepare_demo(model, scratch_dir("demo"), train_progress)
-            result = edgeship.optimize(prepared[0], data=prepared[1], eval_data=prepared[2],
-                                       settings=edgeship.EvalSettings(threads=threads), progress=update)
+            plan = plan_optimization(prepared[0], data=prepared[1], eval_data=prepared[2],
+                                     settings=edgeship.EvalSettings(threads=threads))
+            result = plan.run(update)
         result.report(out)
         return result
 

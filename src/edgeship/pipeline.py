@@ -16,7 +16,16 @@ from edgeship.model import Model
 from edgeship.passes import PassContext
 from edgeship.recipes import Recipe, resolve_recipes
 
-__all__ = ["Budget", "EvalSettings", "Candidate", "OptimizeResult", "optimize", "evaluate_model"]
+__all__ = [
+    "Budget",
+    "EvalSettings",
+    "Candidate",
+    "OptimizeResult",
+    "OptimizationPlan",
+    "plan_optimization",
+    "optimize",
+    "evaluate_model",
+]
 
 Objective = Literal["latency", "size", "accuracy"]
 ProgressFn = Callable[[int, int, str], None]
@@ -199,6 +208,105 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:400]
 
 
+@dataclass
+class OptimizationPlan:
+    """Everything checked and loaded before any work starts: bad input fails here."""
+
+    model: Model
+    calibration: Dataset
+    evaluation: Dataset
+    metric: Metric
+    recipes: list[Recipe]
+    budget: Budget
+    settings: EvalSettings
+    objective: str
+
+    @property
+    def steps(self) -> int:
+        """Progress steps: the baseline, each recipe, and the interleaved timing."""
+        return len(self.recipes) + 2
+
+    def run(self, progress: ProgressFn | None = None) -> OptimizeResult:
+        """Build and measure every candidate, gate them, and choose the best."""
+        notify = progress or (lambda done, total, label: None)
+        settings, metric, total = self.settings, self.metric, self.steps
+        notify(0, total, "baseline")
+        base_metrics, reference = evaluate_model(self.model, self.evaluation, metric, None, settings)
+        baseline = Candidate("baseline", [], "ok", "", self.model, base_metrics)
+        baseline.metrics.update(speedup=1.0, size_ratio=1.0, metric_drop=0.0)
+
+        candidates: list[Candidate] = []
+        for i, recipe in enumerate(self.recipes, start=1):
+            notify(i, total, recipe.name)
+            cand = Candidate(recipe.name, [s.to_dict() for s in recipe.steps])
+            try:
+                ctx = PassContext(scratch_dir(f"recipe-{i:02d}"), self.calibration)
+                cand.model = recipe.apply(self.model, ctx)
+                cand.metrics, _ = evaluate_model(cand.model, self.evaluation, metric, reference, settings)
+            except Exception as exc:  # a failing recipe is recorded; the others still run
+                cand.status, cand.reason, cand.model = "failed", _one_line(exc), None
+            candidates.append(cand)
+
+        measured = [baseline] + [c for c in candidates if c.status != "failed"]
+        notify(total - 1, total, f"timing {len(measured)} models in {settings.rounds} interleaved rounds")
+        feeds = _first_sample(self.evaluation, settings.batch_size)
+        sessions = [c.model.session(settings.threads) for c in measured]
+        timings = measure_latencies(sessions, feeds, settings.warmup, settings.runs, settings.rounds)
+        for c, timing in zip(measured, timings):
+            c.metrics.update(timing)
+        for c in candidates:
+            if c.status != "failed":
+                _gate(c, baseline.metrics, metric, self.budget)
+        notify(total, total, "done")
+
+        sign = -1.0 if metric.higher_is_better else 1.0
+        flags = _pareto(
+            [(sign * c.metrics[metric.name], c.metrics["latency_ms_p50"], c.metrics["size_bytes"]) for c in measured]
+        )
+        for c, flag in zip(measured, flags):
+            c.pareto = flag
+        best = _choose(candidates, metric, self.objective)
+        return OptimizeResult(baseline, candidates, best, metric, self.budget, settings, self.objective,
+                              self.model.source)
+
+
+def plan_optimization(
+    model: Any,
+    data: Any,
+    eval_data: Any = None,
+    metric: Any = None,
+    recipes: Any = "auto",
+    budget: Budget | None = None,
+    settings: EvalSettings | None = None,
+    objective: Objective = "latency",
+) -> OptimizationPlan:
+    """Load and check the model, data, metric and recipes; raise on bad input. See :func:`optimize`."""
+    from edgeship.importers import load
+
+    budget = budget or Budget()
+    settings = settings or EvalSettings()
+    if objective not in ("latency", "size", "accuracy"):
+        raise ConfigError(f"unknown objective {objective!r}; choose latency, size or accuracy.")
+    model = load(model)
+    calibration = load_data(data, model, settings.text_max_length)
+    if eval_data is None:
+        calibration, evaluation = split(calibration)
+    else:
+        evaluation = load_data(eval_data, model, settings.text_max_length)
+    evaluation = evaluation.take(slice(0, settings.max_eval_samples))
+    metric = get_metric(metric, evaluation.labels is not None)
+    explicit = not (isinstance(recipes, str) and recipes.strip() == "auto") and recipes is not None
+    plan: list[Recipe] = []
+    for recipe in resolve_recipes(recipes, model):
+        try:
+            recipe.check(model, PassContext(scratch_dir("check"), calibration))
+            plan.append(recipe)
+        except EdgeshipError:
+            if explicit:  # the user asked for it by name: say why it cannot run
+                raise
+    return OptimizationPlan(model, calibration, evaluation, metric, plan, budget, settings, objective)
+
+
 def optimize(
     model: Any,
     data: Any,
@@ -223,69 +331,5 @@ def optimize(
         objective: what ``best`` minimises among passing candidates.
         progress: called as ``progress(done, total, label)``.
     """
-    from edgeship.importers import load
-
-    budget = budget or Budget()
-    settings = settings or EvalSettings()
-    model = load(model)
-    calibration = load_data(data, model, settings.text_max_length)
-    if eval_data is None:
-        calibration, evaluation = split(calibration)
-    else:
-        evaluation = load_data(eval_data, model, settings.text_max_length)
-    evaluation = evaluation.take(slice(0, settings.max_eval_samples))
-    metric = get_metric(metric, evaluation.labels is not None)
-    if metric.needs_labels and evaluation.labels is None:
-        raise EdgeshipError("metric 'accuracy' needs 'labels' in the evaluation data.")
-    explicit = not (isinstance(recipes, str) and recipes.strip() == "auto") and recipes is not None
-    chosen: list[Recipe] = resolve_recipes(recipes, model)
-    workdir = scratch_dir("optimize")
-    plan: list[Recipe] = []
-    for recipe in chosen:
-        try:
-            recipe.check(model, PassContext(workdir, calibration))
-            plan.append(recipe)
-        except EdgeshipError:
-            if explicit:
-                raise
-    total = len(plan) + 2  # baseline, each recipe, then the interleaved timing
-    notify = progress or (lambda done, total, label: None)
-
-    notify(0, total, "baseline")
-    base_metrics, reference = evaluate_model(model, evaluation, metric, None, settings)
-    baseline = Candidate("baseline", [], "ok", "", model, base_metrics)
-    baseline.metrics.update(speedup=1.0, size_ratio=1.0, metric_drop=0.0)
-
-    candidates: list[Candidate] = []
-    for i, recipe in enumerate(plan, start=1):
-        notify(i, total, recipe.name)
-        cand = Candidate(recipe.name, [s.to_dict() for s in recipe.steps])
-        try:
-            ctx = PassContext(scratch_dir(f"recipe-{i:02d}"), calibration)
-            cand.model = recipe.apply(model, ctx)
-            cand.metrics, _ = evaluate_model(cand.model, evaluation, metric, reference, settings)
-        except Exception as exc:  # a failing recipe is recorded; the others still run
-            cand.status, cand.reason, cand.model = "failed", _one_line(exc), None
-        candidates.append(cand)
-
-    measured = [baseline] + [c for c in candidates if c.status != "failed"]
-    notify(total - 1, total, f"timing {len(measured)} models in {settings.rounds} interleaved rounds")
-    feeds = _first_sample(evaluation, settings.batch_size)
-    timings = measure_latencies(
-        [c.model.session(settings.threads) for c in measured], feeds, settings.warmup, settings.runs, settings.rounds
-    )
-    for c, timing in zip(measured, timings):
-        c.metrics.update(timing)
-    for c in candidates:
-        if c.status != "failed":
-            _gate(c, baseline.metrics, metric, budget)
-    notify(total, total, "done")
-
-    sign = -1.0 if metric.higher_is_better else 1.0
-    flags = _pareto(
-        [(sign * c.metrics[metric.name], c.metrics["latency_ms_p50"], c.metrics["size_bytes"]) for c in measured]
-    )
-    for c, flag in zip(measured, flags):
-        c.pareto = flag
-    best = _choose(candidates, metric, objective)
-    return OptimizeResult(baseline, candidates, best, metric, budget, settings, objective, model.source)
+    plan = plan_optimization(model, data, eval_data, metric, recipes, budget, settings, objective)
+    return plan.run(progress)
