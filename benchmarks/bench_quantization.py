@@ -1,0 +1,139 @@
+"""Benchmark: PyTorch eager vs ONNX Runtime fp32 vs plain quantize_dynamic vs edgeship's choice.
+
+Measured in one run, on this machine, at a fixed thread count and batch 1; all four are
+timed interleaved (round-robin) so that load on a shared machine hits them equally.
+Writes benchmarks/results/quantization.json and prints a markdown table for the README.
+
+    python benchmarks/bench_quantization.py [--threads 2] [--models digits,minilm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+import edgeship
+from edgeship._workspace import scratch_dir
+from edgeship.demo import prepare_demo
+from edgeship.evaluate import get_metric, measure_latencies, measure_peak_memory, run_outputs
+from edgeship.pipeline import plan_optimization
+
+RESULTS = Path(__file__).parent / "results" / "quantization.json"
+
+
+class TorchSession:
+    """Gives a torch module the ``run(None, feeds)`` shape of an ORT session, for timing."""
+
+    def __init__(self, module, input_names, threads):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.module, self.names, self.torch = module.eval(), input_names, torch
+
+    def run(self, _outputs, feeds):
+        with self.torch.inference_mode():
+            out = self.module(*[self.torch.from_numpy(feeds[n]) for n in self.names])
+        return [out.numpy()]
+
+
+def bench(name: str, threads: int, max_drop: float) -> dict:
+    from onnxruntime.quantization import quantize_dynamic
+
+    model, calib, evald = prepare_demo(name, scratch_dir("bench"))
+    settings = edgeship.EvalSettings(threads=threads)
+    plan = plan_optimization(model, data=calib, eval_data=evald, settings=settings,
+                             budget=edgeship.Budget(max_accuracy_drop=max_drop))
+    started = time.perf_counter()
+    result = plan.run()
+    optimize_seconds = time.perf_counter() - started
+
+    peer_path = scratch_dir("peer") / "dynamic_defaults.onnx"
+    quantize_dynamic(str(model.path), str(peer_path))  # ONNX Runtime's defaults, nothing else
+    peer = edgeship.load(peer_path)
+
+    evaluation, metric = plan.evaluation, plan.metric
+    names = [s.name for s in model.inputs]
+    feeds = {k: np.ascontiguousarray(v[:1]) for k, v in evaluation.inputs.items()}
+    torch_session = TorchSession(model.torch_module, names, threads)
+    entries = {
+        "pytorch_eager": (torch_session, None),
+        "onnxruntime_fp32": (model.session(threads), model),
+        "ort_quantize_dynamic_defaults": (peer.session(threads), peer),
+    }
+    if result.best is not None:
+        entries[f"edgeship_best ({result.best.recipe})"] = (result.best.model.session(threads), result.best.model)
+
+    reference = run_outputs(entries["onnxruntime_fp32"][0], evaluation.batches(1))
+    timings = measure_latencies([s for s, _ in entries.values()], feeds, warmup=10, runs=200, rounds=5,
+                                min_seconds=2.0)
+    rows = {}
+    fp32_size = model.size_bytes
+    for (label, (session, m)), timing in zip(entries.items(), timings):
+        outputs = run_outputs(session, evaluation.batches(1))
+        row = {
+            metric.name: metric.fn(outputs, reference, evaluation.labels),
+            "latency_ms_p50": timing["latency_ms_p50"],
+            "latency_ms_p95": timing["latency_ms_p95"],
+        }
+        if m is not None:
+            row["size_bytes"] = m.size_bytes
+            row["size_ratio_vs_fp32"] = fp32_size / m.size_bytes
+            row["peak_memory_bytes"] = measure_peak_memory(m.path, feeds, threads)
+        rows[label] = row
+    ort_p50 = rows["onnxruntime_fp32"]["latency_ms_p50"]
+    for row in rows.values():
+        row["speedup_vs_ort_fp32"] = ort_p50 / row["latency_ms_p50"]
+    return {
+        "model": name,
+        "metric": metric.name,
+        "max_drop": max_drop,
+        "eval_samples": len(evaluation),
+        "optimize_seconds": optimize_seconds,
+        "best": result.best.recipe if result.best else None,
+        "candidates": {c.recipe: {"status": c.status, "reason": c.reason} for c in result.candidates},
+        "rows": rows,
+    }
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| model | runtime | quality | p50 ms | speedup vs ORT fp32 | size | smaller than fp32 | peak mem |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for label, row in r["rows"].items():
+            size = f"{row['size_bytes'] / 2**20:.2f} MiB" if "size_bytes" in row else "-"
+            ratio = f"{row['size_ratio_vs_fp32']:.2f}x" if "size_ratio_vs_fp32" in row else "-"
+            mem = f"{row['peak_memory_bytes'] / 2**20:.1f} MiB" if "peak_memory_bytes" in row else "not measured"
+            lines.append(
+                f"| {r['model']} | {label} | {r['metric']} {row[r['metric']]:.4f} | {row['latency_ms_p50']:.3f} | "
+                f"{row['speedup_vs_ort_fp32']:.2f}x | {size} | {ratio} | {mem} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", default="digits,minilm")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    drops = {"digits": 0.005, "minilm": 0.01}
+    results = [bench(name, args.threads, drops[name]) for name in args.models.split(",")]
+    payload = {
+        "benchmark": "quantization",
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": args.threads},
+        "batch_size": 1,
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2))
+    print(markdown(results))
+    print(f"\nwritten: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
