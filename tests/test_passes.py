@@ -149,3 +149,20 @@ def test_quantization_keeps_parent_params_and_macs(cnn_model, ctx):
     assert out.stats() == cnn_model.stats()
     # counted on the quantized graph itself, the MACs agree with the float graph
     assert dataclasses.replace(out, arch=None).stats()["macs"] == cnn_model.stats()["macs"]
+
+
+@pytest.mark.parametrize("recipe", ["fp16", "dynamic-int8-pc", "static-int8-minmax", "static-int8-entropy"])
+def test_cnn_preset_outputs_pass_the_onnx_checker(recipe, cnn_model, ctx):
+    """What edgeship writes, edgeship (and the ONNX checker) must accept as input."""
+    from edgeship.importers.onnx_file import load_onnx
+
+    out = presets()[recipe].apply(cnn_model, ctx)
+    assert load_onnx(out.path).inputs[0].name == "image"
+
+
+@pytest.mark.parametrize("recipe", ["fp16", "dynamic-int8", "fused-dynamic-int8-pc", "int4-weight-only"])
+def test_transformer_preset_outputs_pass_the_onnx_checker(recipe, tiny_bert, tmp_path):
+    from edgeship.importers.onnx_file import load_onnx
+
+    out = presets()[recipe].apply(tiny_bert, PassContext(tmp_path))
+    assert load_onnx(out.path).outputs[0].name == "sentence_embedding"

@@ -65,12 +65,16 @@ class ConvertFp16(PassConfig):
     def apply(self, model: Model, ctx: PassContext) -> Path:
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
+        from onnxruntime.transformers.onnx_model import OnnxModel
 
         proto = onnx.load(str(model.path))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             converted = convert_float_to_float16(proto, keep_io_types=self.keep_io_types)
-        return _save(converted, ctx.output_path(self.name))
+        # the converter appends its input Casts at the end; the ONNX checker wants topological order
+        wrapped = OnnxModel(converted)
+        wrapped.topological_sort()
+        return _save(wrapped.model, ctx.output_path(self.name))
 
 
 _DYNAMIC_OPS = {"MatMul", "Gemm", "Conv", "Attention", "Gather", "EmbedLayerNormalization", "LSTM"}
