@@ -116,3 +116,14 @@ def test_demo_smoke(tmp_path):
     assert report["best"] is not None and (out / "best.onnx").is_file()
     best = next(c for c in report["candidates"] if c["recipe"] == report["best"])
     assert best["metrics"]["metric_drop"] <= 0.01 and best["metrics"]["size_ratio"] > 3.0
+
+
+def test_demo_minilm_smoke(tmp_path):
+    """The bundled all-MiniLM-L6-v2: exported with pooling, quantized, cosine kept."""
+    out = tmp_path / "minilm"
+    proc = run("demo", "--model", "minilm", "--out", out, timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["metric"]["name"] == "cosine"
+    best = next(c for c in report["candidates"] if c["recipe"] == report["best"])
+    assert best["metrics"]["cosine"] >= 0.99 and best["metrics"]["size_ratio"] > 3.5

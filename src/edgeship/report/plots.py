@@ -10,6 +10,16 @@ __all__ = ["pareto_plot"]
 _COLORS = {"baseline": "#444444", "ok": "#1f77b4", "rejected": "#bbbbbb"}
 
 
+def _front_2d(points: list[tuple[float, float, Any]]) -> list[tuple[float, float, Any]]:
+    """Points not beaten on both latency (lower) and quality (higher), by latency."""
+    front, best_quality = [], float("-inf")
+    for x, q, c in sorted(points, key=lambda p: (p[0], -p[1])):
+        if q > best_quality:
+            front.append((x, q, c))
+            best_quality = q
+    return front
+
+
 def pareto_plot(result: Any, path: Path) -> None:
     import matplotlib
 
@@ -17,25 +27,44 @@ def pareto_plot(result: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     metric = result.metric.name
+    sign = 1.0 if result.metric.higher_is_better else -1.0
     rows = [result.baseline] + [c for c in result.candidates if c.status != "failed"]
     largest = max(c.metrics["size_bytes"] for c in rows)
+    base = result.baseline.metrics[metric]
+    allowed = base - sign * result.budget.max_accuracy_drop
+    # show the region around the budget; far-off candidates sit on the edge with their value
+    span = max(4 * result.budget.max_accuracy_drop, 1e-3)
+    values = [c.metrics[metric] for c in rows]
+    if sign > 0:
+        low, high = max(min(values), base - span), max(values)
+    else:
+        low, high = min(values), min(max(values), base + span)
+    pad = 0.08 * max(high - low, 1e-6)
+    low, high = low - pad, high + pad
+
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
     for i, c in enumerate(rows):
         kind = "baseline" if c is result.baseline else c.status
         x, y = c.metrics["latency_ms_p50"], c.metrics[metric]
+        clipped = not low <= y <= high
+        shown_y = min(max(y, low), high)
         area = 60 + 900 * c.metrics["size_bytes"] / largest
         edge = "#d62728" if c.pareto else "none"
-        ax.scatter(x, y, s=area, c=_COLORS[kind], alpha=0.75, edgecolors=edge, linewidths=2, zorder=3)
-        label = c.recipe + (" (best)" if result.best is c else "")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(8, 8 - 11 * (i % 3)), fontsize=8)
-    front = sorted((c for c in rows if c.pareto), key=lambda c: c.metrics["latency_ms_p50"])
+        ax.scatter(x, shown_y, s=area, c=_COLORS[kind], alpha=0.75, edgecolors=edge, linewidths=2, zorder=3,
+                   marker="v" if clipped else "o")
+        label = c.recipe + (" (best)" if result.best is c else "") + (f" ({metric} {y:.3g})" if clipped else "")
+        ax.annotate(label, (x, shown_y), textcoords="offset points", xytext=(8, 8 - 11 * (i % 3)), fontsize=8)
+    front = _front_2d([(c.metrics["latency_ms_p50"], sign * c.metrics[metric], c) for c in rows])
     if len(front) > 1:
-        ax.plot([c.metrics["latency_ms_p50"] for c in front], [c.metrics[metric] for c in front],
-                "--", color="#d62728", lw=1, zorder=2, label="Pareto front")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.plot([p[0] for p in front], [p[2].metrics[metric] for p in front], "--", color="#d62728", lw=1,
+                zorder=2, label=f"front: {metric} vs latency")
+    ax.axhline(allowed, color="#2ca02c", lw=1, ls=":", label=f"allowed drop ({result.budget.max_accuracy_drop})")
+    ax.set_ylim(low, high)
+    ax.legend(loc="best", fontsize=8)
     ax.set_xlabel(f"latency p50 (ms, batch {result.settings.batch_size}, {result.settings.threads} threads)")
     ax.set_ylabel(metric + ("" if result.metric.higher_is_better else " (lower is better)"))
-    ax.set_title("Candidates: marker area = model size, red ring = Pareto-optimal, grey = rejected", fontsize=9)
+    ax.set_title("marker area = model size; red ring = Pareto-optimal in quality, latency and size; "
+                 "grey = rejected; v = off the scale", fontsize=8)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
