@@ -146,9 +146,18 @@ def test_transformer_fusion_refuses_a_cnn(cnn_model, tmp_path):
 
 def test_quantization_keeps_parent_params_and_macs(cnn_model, ctx):
     out = PASSES["quantize_static"]().run(cnn_model, ctx)
+    assert out.float_parent == cnn_model.path
     assert out.stats() == cnn_model.stats()
     # counted on the quantized graph itself, the MACs agree with the float graph
-    assert dataclasses.replace(out, arch=None).stats()["macs"] == cnn_model.stats()["macs"]
+    assert dataclasses.replace(out, float_parent=None).stats()["macs"] == cnn_model.stats()["macs"]
+
+
+def test_text_model_macs_follow_the_sequence_length(tiny_bert, tmp_path):
+    out = PASSES["quantize_dynamic"]().run(tiny_bert, PassContext(tmp_path))
+    short = out.stats({"input_ids": (1, 8), "attention_mask": (1, 8), "token_type_ids": (1, 8)})
+    long = out.stats({"input_ids": (1, 64), "attention_mask": (1, 64), "token_type_ids": (1, 64)})
+    assert long["macs"] > 7 * short["macs"]
+    assert long == tiny_bert.stats({"input_ids": (1, 64), "attention_mask": (1, 64), "token_type_ids": (1, 64)})
 
 
 @pytest.mark.parametrize("recipe", ["fp16", "dynamic-int8-pc", "static-int8-minmax", "static-int8-entropy"])

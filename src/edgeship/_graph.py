@@ -10,6 +10,7 @@ MatMulNBits count the same MACs as the float op they replace.
 from __future__ import annotations
 
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,13 @@ def _param_count(proto: Any) -> int:
 
 def graph_stats(path: Path | str, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, int]:
     """``{"params": ..., "macs": ...}`` of the model at ``path``, per sample at batch 1."""
+    key = tuple(sorted((k, tuple(int(d) for d in v)) for k, v in (shapes or {}).items()))
+    return dict(_graph_stats_cached(str(Path(path).resolve()), key))
+
+
+@lru_cache(maxsize=64)
+def _graph_stats_cached(path: str, shape_key: tuple[tuple[str, tuple[int, ...]], ...]) -> dict[str, int]:
+    shapes = dict(shape_key)
     proto = _load(path)
     fixed = _fix_input_dims(proto, shapes)
     value_shapes = _infer_shapes(fixed)

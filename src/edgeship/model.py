@@ -66,7 +66,8 @@ class Model:
         kind: ``onnx``, ``torch`` or ``hf``.
         tokenizer_dir: for Hugging Face text models, where the tokenizer lives.
         lineage: the passes applied since import, oldest first.
-        arch: params/MACs inherited from the float parent when a pass keeps the architecture.
+        float_parent: the float graph whose architecture this model has, when a pass (such
+            as quantization) kept the architecture; params and MACs are counted on it.
         torch_module: the PyTorch module this was exported from, when known (not serialized).
     """
 
@@ -75,7 +76,7 @@ class Model:
     kind: str = "onnx"
     tokenizer_dir: Path | None = None
     lineage: tuple[LineageStep, ...] = ()
-    arch: dict[str, int] | None = None
+    float_parent: Path | None = None
     torch_module: Any = field(default=None, repr=False, compare=False)
     export_inputs: Any = field(default=None, repr=False, compare=False)
 
@@ -131,16 +132,18 @@ class Model:
     def derive(self, path: Path, pass_name: str, config: dict[str, Any], keeps_arch: bool) -> "Model":
         """A new Model produced from this one by a pass."""
         step = LineageStep(pass_name, config, self.sha256)
-        arch = (self.arch or self.stats()) if keeps_arch else None
-        return replace(self, path=Path(path), lineage=(*self.lineage, step), arch=arch)
+        parent = (self.float_parent or self.path) if keeps_arch else None
+        return replace(self, path=Path(path), lineage=(*self.lineage, step), float_parent=parent)
 
     def stats(self, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, int]:
-        """Params and MACs per sample (batch 1). Quantized children inherit their parent's."""
-        if self.arch is not None and shapes is None:
-            return dict(self.arch)
+        """Params and MACs per sample (batch 1) at ``shapes`` (dynamic dims default to 1).
+
+        A quantized model has its float parent's architecture, so it is counted there: the
+        same MACs, done in int8.
+        """
         from edgeship._graph import graph_stats
 
-        return graph_stats(self.path, shapes)
+        return graph_stats(self.float_parent or self.path, shapes)
 
     def session(self, threads: int = 2) -> Any:
         """A fresh ONNX Runtime CPU session with a fixed intra-op thread count."""

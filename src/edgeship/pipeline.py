@@ -151,7 +151,7 @@ def evaluate_model(
     if settings.measure_memory:
         metrics["peak_memory_bytes"] = measure_peak_memory(model.path, feeds, settings.threads)
     shapes = {k: v.shape for k, v in feeds.items()}
-    metrics.update(model.stats() if model.arch else model.stats(shapes))
+    metrics.update(model.stats(shapes))
     return metrics, outputs
 
 

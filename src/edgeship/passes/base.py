@@ -7,7 +7,6 @@ tests that loop over :data:`PASSES` cover every new pass automatically.
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -127,4 +126,3 @@ def constant_weight_ops(model: Model, op_types: set[str], weight_index: int = 1)
     )
 
 
-_ = dataclasses  # re-exported for pass modules
