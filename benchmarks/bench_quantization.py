@@ -44,7 +44,7 @@ class TorchSession:
 def bench(name: str, threads: int, max_drop: float) -> dict:
     from onnxruntime.quantization import quantize_dynamic
 
-    model, calib, evald = prepare_demo(name, scratch_dir("bench"))
+    model, calib, evald, _ = prepare_demo(name, scratch_dir("bench"))
     settings = edgeship.EvalSettings(threads=threads)
     plan = plan_optimization(model, data=calib, eval_data=evald, settings=settings,
                              budget=edgeship.Budget(max_accuracy_drop=max_drop))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["graph_stats", "op_histogram", "opsets"]
+__all__ = ["graph_stats", "op_histogram", "opsets", "weight_sparsity"]
 
 # Positional inputs that carry quantization parameters rather than weights.
 _QPARAM_INPUTS = {
@@ -171,3 +171,27 @@ def _graph_stats_cached(path: str, shape_key: tuple[tuple[str, tuple[int, ...]],
     producers = {o: n for n in fixed.graph.node for o in n.output}
     macs = sum(_node_macs(n, value_shapes, producers) for n in fixed.graph.node)
     return {"params": _param_count(proto), "macs": int(macs)}
+
+
+def weight_sparsity(path: Path | str) -> float:
+    """Fraction of exact zeros over weight tensors (initializers with >= 2 dims, not
+    quantization parameters); int8 weights count their stored zeros."""
+    from onnx import numpy_helper
+
+    proto = _load(path)
+    qparams = {
+        node.input[i]
+        for node in proto.graph.node
+        for i in _QPARAM_INPUTS.get(node.op_type, ())
+        if i < len(node.input)
+    }
+    zeros = total = 0
+    for init in proto.graph.initializer:
+        if len(init.dims) < 2 or init.name in qparams:
+            continue
+        array = numpy_helper.to_array(init)
+        if array.dtype.kind not in "fiu":
+            continue
+        zeros += int(np.count_nonzero(array == 0))
+        total += array.size
+    return zeros / total if total else 0.0

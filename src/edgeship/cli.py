@@ -52,7 +52,7 @@ def _results_table(result: Any) -> Table:
 
     rows = table_rows(result)
     table = Table(title=f"edgeship optimize: {result.source}", title_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
     styles = {"baseline": "bold", "ok": "green", "rejected": "dim", "failed": "red"}
     shown = [k for k in rows[0] if k not in ("reason", "p95 ms", "pareto")]
     for key in shown:
@@ -67,6 +67,8 @@ def _print_results(result: Any, out: Path) -> None:
     for c in result.candidates:
         if c.reason:
             console.print(f"  [dim]{c.recipe} {c.status}:[/] {c.reason}", highlight=False)
+        for note in c.notes:
+            console.print(f"  [dim]{c.recipe} note:[/] {note}", highlight=False)
     best = result.best.recipe if result.best else "none (every candidate was rejected or failed)"
     console.print(f"best: [bold]{best}[/]  (* in the table)", highlight=False)
     console.print(f"report: {out / 'report.html'}  (also report.json, pareto.png, best.onnx, candidates/)", highlight=False)
@@ -92,6 +94,7 @@ def optimize(
     model: str = typer.Argument(..., help="An .onnx file, a Hugging Face directory, or MODULE:FUNCTION."),
     data: Path = typer.Option(..., "--data", help="Calibration data: .npz (arrays named after the inputs, optional 'labels') or .txt."),
     eval: Optional[Path] = typer.Option(None, "--eval", help="Evaluation data; without it --data is split in two."),
+    train: Optional[Path] = typer.Option(None, "--train", help="Training data (.npz with 'labels') for pruning fine-tunes and distillation; adds pruning chains to auto."),
     metric: Optional[str] = typer.Option(None, "--metric", help="accuracy | cosine | mse | MODULE:FUNCTION (default: accuracy if labelled, else cosine)."),
     recipes: str = typer.Option("auto", "--recipes", help="auto, NAME[,NAME...] (see `edgeship recipes`), or a recipe .yaml/.json."),
     max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop", help="Allowed metric drop, in the metric's units (0.01 = 1 point of accuracy)."),
@@ -110,7 +113,8 @@ def optimize(
         budget = edgeship.Budget(max_accuracy_drop=max_accuracy_drop)
         settings = edgeship.EvalSettings(threads=threads, text_max_length=seq_len)
         plan = plan_optimization(model, data=data, eval_data=eval, metric=metric, recipes=recipes,
-                                 budget=budget, settings=settings, objective=objective)  # type: ignore[arg-type]
+                                 budget=budget, settings=settings, objective=objective,  # type: ignore[arg-type]
+                                 train_data=train)
         progress, update = _progress_runner("optimizing")
         with progress:
             result = plan.run(update)
@@ -200,7 +204,7 @@ def demo(
             update(0, 1, "preparing model and data")
             prepared = prepare_demo(model, scratch_dir("demo"), train_progress)
             plan = plan_optimization(prepared[0], data=prepared[1], eval_data=prepared[2],
-                                     settings=edgeship.EvalSettings(threads=threads))
+                                     settings=edgeship.EvalSettings(threads=threads), train_data=prepared[3])
             result = plan.run(update)
         result.report(out)
         return result

@@ -48,12 +48,14 @@ def digits_cnn(width: int = 16) -> Any:
     )
 
 
-def train_digits_cnn(data: dict[str, np.ndarray], epochs: int = 12, seed: int = 0, progress: Any = None) -> Any:
+def train_digits_cnn(
+    data: dict[str, np.ndarray], epochs: int = 12, seed: int = 0, progress: Any = None, width: int = 16
+) -> Any:
     """Train :func:`digits_cnn` with Adam; deterministic for a seed. Returns the module (eval mode)."""
     import torch
 
     torch.manual_seed(seed)
-    model = digits_cnn()
+    model = digits_cnn(width)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * ((len(data["x_train"]) + 63) // 64))
     x = torch.from_numpy(data["x_train"])
@@ -72,10 +74,10 @@ def train_digits_cnn(data: dict[str, np.ndarray], epochs: int = 12, seed: int = 
     return model.eval()
 
 
-def digits_model(progress: Any = None) -> tuple[Any, dict[str, np.ndarray]]:
+def digits_model(progress: Any = None, width: int = 16) -> tuple[Any, dict[str, np.ndarray]]:
     """(trained module, data); the module is trained fresh (seconds on 2 cores)."""
     data = digits_data()
-    return train_digits_cnn(data, progress=progress), data
+    return train_digits_cnn(data, progress=progress, width=width), data
 
 
 def minilm_dir() -> Path:
@@ -92,28 +94,32 @@ def demo_sentences() -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def prepare_demo(name: str, workdir: Path, progress: Any = None) -> tuple[Any, Path, Path]:
-    """(model, calibration data path, evaluation data path) for the demo ``name``."""
+def prepare_demo(
+    name: str, workdir: Path, progress: Any = None, width: int = 16
+) -> tuple[Any, Path, Path, Path | None]:
+    """(model, calibration data, evaluation data, training data or None) for the demo ``name``."""
     import edgeship
 
     workdir.mkdir(parents=True, exist_ok=True)
     if name == "digits":
-        module, data = digits_model(progress)
+        module, data = digits_model(progress, width)
         import torch
 
         model = edgeship.from_torch(module, torch.from_numpy(data["x_train"][:1]), input_names=["image"],
-                                    output_names=["logits"], source="edgeship.demo:digits_cnn")
-        calib, evald = workdir / "digits_calib.npz", workdir / "digits_eval.npz"
+                                    output_names=["logits"], source=f"edgeship.demo:digits_cnn(width={width})")
+        calib, evald, train = (workdir / f"digits_{s}.npz" for s in ("calib", "eval", "train"))
         np.savez(calib, image=data["x_train"][:256], labels=data["y_train"][:256])
         np.savez(evald, image=data["x_test"], labels=data["y_test"])
-        return model, calib, evald
+        # the validation split (x_val) is unused by the pipeline; training data is the train split
+        np.savez(train, image=data["x_train"], labels=data["y_train"])
+        return model, calib, evald, train
     if name == "minilm":
         model = edgeship.load(minilm_dir())
         sentences = demo_sentences()
         calib, evald = workdir / "minilm_calib.txt", workdir / "minilm_eval.txt"
         calib.write_text("\n".join(sentences[::2]) + "\n", encoding="utf-8")
         evald.write_text("\n".join(sentences[1::2]) + "\n", encoding="utf-8")
-        return model, calib, evald
+        return model, calib, evald, None
     from edgeship.errors import ConfigError
 
     raise ConfigError(f"unknown demo {name!r}; choose 'digits' or 'minilm'.")
@@ -126,7 +132,7 @@ def run_demo(name: str = "digits", out: Path | str = "edgeship-out", progress: A
     out = Path(out)
     from edgeship._workspace import scratch_dir
 
-    model, calib, evald = prepare_demo(name, scratch_dir("demo"), progress)
-    result = edgeship.optimize(model, data=calib, eval_data=evald, **optimize_kwargs)
+    model, calib, evald, train = prepare_demo(name, scratch_dir("demo"), progress)
+    result = edgeship.optimize(model, data=calib, eval_data=evald, train_data=train, **optimize_kwargs)
     result.report(out)
     return result

@@ -68,7 +68,9 @@ class Model:
         lineage: the passes applied since import, oldest first.
         float_parent: the float graph whose architecture this model has, when a pass (such
             as quantization) kept the architecture; params and MACs are counted on it.
-        torch_module: the PyTorch module this was exported from, when known (not serialized).
+        torch_module: the PyTorch module this file was exported from, while the two agree
+            (PyTorch passes keep it; ONNX passes drop it). Not serialized.
+        teacher_module: the float PyTorch module at import, the teacher for distillation.
     """
 
     path: Path
@@ -79,6 +81,7 @@ class Model:
     float_parent: Path | None = None
     torch_module: Any = field(default=None, repr=False, compare=False)
     export_inputs: Any = field(default=None, repr=False, compare=False)
+    teacher_module: Any = field(default=None, repr=False, compare=False)
 
     # ---- facts about the file -------------------------------------------------------
     @cached_property
@@ -133,7 +136,14 @@ class Model:
         """A new Model produced from this one by a pass."""
         step = LineageStep(pass_name, config, self.sha256)
         parent = (self.float_parent or self.path) if keeps_arch else None
-        return replace(self, path=Path(path), lineage=(*self.lineage, step), float_parent=parent)
+        return replace(self, path=Path(path), lineage=(*self.lineage, step), float_parent=parent,
+                       torch_module=None)
+
+    def derive_from_module(self, module: Any, path: Path, pass_name: str, config: dict[str, Any]) -> "Model":
+        """A new Model from a PyTorch pass: ``module`` was changed and exported to ``path``."""
+        step = LineageStep(pass_name, config, self.sha256)
+        return replace(self, path=Path(path), lineage=(*self.lineage, step), float_parent=None,
+                       torch_module=module)
 
     def stats(self, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, int]:
         """Params and MACs per sample (batch 1) at ``shapes`` (dynamic dims default to 1).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -12,6 +13,7 @@ from edgeship._workspace import scratch_dir
 from edgeship.dataset import Dataset, load_data, split
 from edgeship.errors import ConfigError, EdgeshipError
 from edgeship.evaluate import Metric, get_metric, measure_latencies, measure_peak_memory, run_outputs
+from edgeship._graph import weight_sparsity
 from edgeship.model import Model
 from edgeship.passes import PassContext
 from edgeship.recipes import Recipe, resolve_recipes
@@ -79,6 +81,13 @@ class Candidate:
     pareto: bool = False
     path: str | None = None
 
+    @property
+    def notes(self) -> list[str]:
+        from edgeship.passes import PASSES
+
+        names = [s["pass"] for s in self.steps]
+        return sorted({PASSES[n].note for n in names if n in PASSES and PASSES[n].note})
+
     def to_dict(self) -> dict[str, Any]:
         lineage = [s.to_dict() for s in self.model.lineage] if self.model else []
         return {
@@ -90,6 +99,7 @@ class Candidate:
             "path": self.path,
             "metrics": self.metrics,
             "pareto": self.pareto,
+            "notes": self.notes,
         }
 
 
@@ -128,6 +138,18 @@ class OptimizeResult:
         }
 
 
+def compressed_size(model: Model) -> int:
+    """Bytes of the model's files deflated (zip's method, level 6), as they would travel."""
+    compressor_total = 0
+    for path in model.files:
+        compressor = zlib.compressobj(6)
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                compressor_total += len(compressor.compress(chunk))
+        compressor_total += len(compressor.flush())
+    return compressor_total
+
+
 def _first_sample(data: Dataset, batch_size: int) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v[:batch_size]) for k, v in data.inputs.items()}
 
@@ -148,6 +170,8 @@ def evaluate_model(
     metrics: dict[str, Any] = {metric.name: metric.fn(outputs, ref, data.labels)}
     feeds = _first_sample(data, settings.batch_size)
     metrics["size_bytes"] = model.size_bytes
+    metrics["compressed_size_bytes"] = compressed_size(model)
+    metrics["sparsity"] = weight_sparsity(model.path)
     if settings.measure_memory:
         metrics["peak_memory_bytes"] = measure_peak_memory(model.path, feeds, settings.threads)
     shapes = {k: v.shape for k, v in feeds.items()}
@@ -215,6 +239,7 @@ class OptimizationPlan:
     model: Model
     calibration: Dataset
     evaluation: Dataset
+    train: Dataset | None
     metric: Metric
     recipes: list[Recipe]
     budget: Budget
@@ -239,8 +264,11 @@ class OptimizationPlan:
         for i, recipe in enumerate(self.recipes, start=1):
             notify(i, total, recipe.name)
             cand = Candidate(recipe.name, [s.to_dict() for s in recipe.steps])
+            def say(text: str, i: int = i) -> None:
+                notify(i, total, text)
+
             try:
-                ctx = PassContext(scratch_dir(f"recipe-{i:02d}"), self.calibration)
+                ctx = PassContext(scratch_dir(f"recipe-{i:02d}"), self.calibration, self.train, say)
                 cand.model = recipe.apply(self.model, ctx)
                 cand.metrics, _ = evaluate_model(cand.model, self.evaluation, metric, reference, settings)
             except Exception as exc:  # a failing recipe is recorded; the others still run
@@ -279,6 +307,7 @@ def plan_optimization(
     budget: Budget | None = None,
     settings: EvalSettings | None = None,
     objective: Objective = "latency",
+    train_data: Any = None,
 ) -> OptimizationPlan:
     """Load and check the model, data, metric and recipes; raise on bad input. See :func:`optimize`."""
     from edgeship.importers import load
@@ -295,16 +324,22 @@ def plan_optimization(
         evaluation = load_data(eval_data, model, settings.text_max_length)
     evaluation = evaluation.take(slice(0, settings.max_eval_samples))
     metric = get_metric(metric, evaluation.labels is not None)
+    train = None
+    if train_data is not None:
+        from edgeship.passes._torch import check_train_labels
+
+        train = load_data(train_data, model, settings.text_max_length)
+        check_train_labels(model, train)
     explicit = not (isinstance(recipes, str) and recipes.strip() == "auto") and recipes is not None
     plan: list[Recipe] = []
-    for recipe in resolve_recipes(recipes, model):
+    for recipe in resolve_recipes(recipes, model, with_training=train is not None):
         try:
-            recipe.check(model, PassContext(scratch_dir("check"), calibration))
+            recipe.check(model, PassContext(scratch_dir("check"), calibration, train))
             plan.append(recipe)
         except EdgeshipError:
             if explicit:  # the user asked for it by name: say why it cannot run
                 raise
-    return OptimizationPlan(model, calibration, evaluation, metric, plan, budget, settings, objective)
+    return OptimizationPlan(model, calibration, evaluation, train, metric, plan, budget, settings, objective)
 
 
 def optimize(
@@ -317,6 +352,7 @@ def optimize(
     settings: EvalSettings | None = None,
     objective: Objective = "latency",
     progress: ProgressFn | None = None,
+    train_data: Any = None,
 ) -> OptimizeResult:
     """Try each recipe on ``model``, measure every candidate, and pick the best that passes.
 
@@ -330,6 +366,8 @@ def optimize(
         budget: the allowed quality drop. A candidate must also be smaller and faster.
         objective: what ``best`` minimises among passing candidates.
         progress: called as ``progress(done, total, label)``.
+        train_data: labelled training data (.npz, dict, Dataset) for pruning fine-tunes and
+            distillation; with it, ``auto`` also tries pruning and distillation chains.
     """
-    plan = plan_optimization(model, data, eval_data, metric, recipes, budget, settings, objective)
+    plan = plan_optimization(model, data, eval_data, metric, recipes, budget, settings, objective, train_data)
     return plan.run(progress)

@@ -80,10 +80,16 @@ def model_family(model: Model) -> str:
     return "other"
 
 
-def auto_recipes(model: Model) -> list[Recipe]:
-    """The presets worth trying for this kind of model."""
+def auto_recipes(model: Model, with_training: bool = False) -> list[Recipe]:
+    """The presets worth trying for this kind of model; with training data and a PyTorch
+    module, also the pruning and distillation chains."""
     table = presets()
-    return [table[n] for n in _preset_data()["auto"][model_family(model)]]
+    data = _preset_data()
+    family = model_family(model)
+    names = list(data["auto"][family])
+    if with_training and model.torch_module is not None:
+        names += data["auto_train"][family]
+    return [table[n] for n in names]
 
 
 def load_recipe_file(path: Path) -> list[Recipe]:
@@ -115,15 +121,15 @@ def save_recipe_file(recipes: list[Recipe], path: Path) -> None:
         path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
 
 
-def resolve_recipes(spec: Any, model: Model) -> list[Recipe]:
+def resolve_recipes(spec: Any, model: Model, with_training: bool = False) -> list[Recipe]:
     """``"auto"``, ``"name1,name2"``, a recipe file path, a Recipe, or a list of those."""
     if isinstance(spec, Recipe):
         return [spec]
     if isinstance(spec, (list, tuple)):
-        return [r for item in spec for r in resolve_recipes(item, model)]
+        return [r for item in spec for r in resolve_recipes(item, model, with_training)]
     text = str(spec or "auto").strip()
     if text == "auto":
-        return auto_recipes(model)
+        return auto_recipes(model, with_training)
     path = Path(text)
     if path.suffix.lower() in {".json", ".yaml", ".yml"}:
         if not path.is_file():

@@ -149,4 +149,5 @@ def load_hf_dir(model_dir: Path | str, seq_len: int = DEFAULT_SEQ_LEN) -> Model:
         tokenizer_dir=model_dir.resolve(),
         torch_module=module,
         export_inputs=args,
+        teacher_module=module,
     )

@@ -147,6 +147,7 @@ def from_torch(
         kind="torch",
         torch_module=module,
         export_inputs=args,
+        teacher_module=module,
     )
 
 

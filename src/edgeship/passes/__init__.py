@@ -1,8 +1,11 @@
 """Compression and optimization passes. Importing this package registers every pass."""
 
 from edgeship.passes.base import PASSES, PassConfig, PassContext, pass_from_dict, register_pass
+from edgeship.passes.cluster import Cluster
 from edgeship.passes.compact import Compact
+from edgeship.passes.distill import Distill
 from edgeship.passes.graph import OptimizeGraph
+from edgeship.passes.prune import PruneStructured, PruneUnstructured
 from edgeship.passes.quantize import ConvertFp16, QuantizeDynamic, QuantizeInt4, QuantizeStatic
 
 __all__ = [
@@ -11,7 +14,11 @@ __all__ = [
     "PassContext",
     "pass_from_dict",
     "register_pass",
+    "Cluster",
     "Compact",
+    "Distill",
+    "PruneStructured",
+    "PruneUnstructured",
     "ConvertFp16",
     "OptimizeGraph",
     "QuantizeDynamic",

@@ -26,7 +26,13 @@ class PassContext:
 
     workdir: Path
     calibration: Any = None  # edgeship.dataset.Dataset | None
+    train: Any = None  # edgeship.dataset.Dataset | None, for PyTorch passes that train
+    progress: Any = None  # callable(text) for long passes (training), or None
     step: int = 0
+
+    def say(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress(text)
 
     def output_path(self, name: str) -> Path:
         self.step += 1
@@ -40,6 +46,8 @@ class PassConfig:
     name: ClassVar[str] = ""
     #: False for passes that change the architecture (pruning): params/MACs are recounted.
     keeps_architecture: ClassVar[bool] = True
+    #: a sentence for the report about what this pass does and does not buy
+    note: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -64,8 +72,10 @@ class PassConfig:
     def run(self, model: Model, ctx: PassContext) -> Model:
         """Check, apply, and record the step in the new model's lineage."""
         self.check(model, ctx)
-        path = self.apply(model, ctx)
-        return model.derive(path, self.name, self.config_dict(), self.keeps_architecture)
+        result = self.apply(model, ctx)
+        if isinstance(result, Model):  # PyTorch passes re-export and build the Model themselves
+            return result
+        return model.derive(result, self.name, self.config_dict(), self.keeps_architecture)
 
     def config_dict(self) -> dict[str, Any]:
         return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
