@@ -127,3 +127,86 @@ def test_demo_minilm_smoke(tmp_path):
     assert report["metric"]["name"] == "cosine"
     best = next(c for c in report["candidates"] if c["recipe"] == report["best"])
     assert best["metrics"]["cosine"] >= 0.99 and best["metrics"]["size_ratio"] > 3.5
+
+
+def _recipe_file(tmp_path: Path, steps: list[dict]) -> Path:
+    path = tmp_path / "recipe.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump({"type": "edgeship.recipe", "version": 1, "name": "chain", "steps": steps}))
+    return path
+
+
+@pytest.fixture()
+def cnn_module_spec(tmp_path, digits8):
+    """A MODULE:FUNCTION a user would write: builds and trains a small CNN quickly."""
+    np.savez(tmp_path / "train.npz", image=digits8["x_train"], labels=digits8["y_train"])
+    (tmp_path / "usernet.py").write_text(
+        "import numpy as np, torch, torch.nn as nn\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),\n"
+        "                        nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, 10))\n"
+        "    d = np.load('train.npz')\n"
+        "    x, y = torch.from_numpy(d['image']), torch.from_numpy(d['labels'])\n"
+        "    opt = torch.optim.Adam(net.parameters(), lr=1e-2)\n"
+        "    for _ in range(4):\n"
+        "        for idx in torch.randperm(len(x)).split(64):\n"
+        "            opt.zero_grad(); nn.functional.cross_entropy(net(x[idx]), y[idx]).backward(); opt.step()\n"
+        "    return net.eval(), {'image': x[:1]}  # a dict names the model's inputs\n"
+        "def untraceable():\n"
+        "    class Bad(nn.Module):\n"
+        "        def forward(self, x):\n"
+        "            return {'label': 'cat'}\n"
+        "    return Bad(), {'image': torch.zeros(1, 1, 8, 8)}\n"
+    )
+    return tmp_path
+
+
+def test_optimize_with_train_runs_a_chained_recipe(cnn_module_spec, cnn_data):
+    recipe = _recipe_file(cnn_module_spec, [
+        {"pass": "prune_structured", "amount": 0.3}, {"pass": "distill", "epochs": 2},
+        {"pass": "quantize_static"}, {"pass": "compact"}])
+    proc = run("optimize", "usernet:build", "--data", cnn_data["calib"], "--eval", cnn_data["eval"],
+               "--train", cnn_module_spec / "train.npz", "--recipes", recipe, "--out", cnn_module_spec / "out",
+               cwd=cnn_module_spec)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((cnn_module_spec / "out" / "report.json").read_text())
+    (cand,) = report["candidates"]
+    assert [s["pass"] for s in cand["lineage"]] == ["prune_structured", "distill", "quantize_static", "compact"]
+    assert cand["metrics"]["macs"] < report["baseline"]["metrics"]["macs"]
+
+
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("amount", "amount must be in (0, 1)"),
+        ("macs", "at or above the model's"),
+        ("labels", "class ids 0..9"),
+        ("shape", "has shape"),
+        ("untraceable", "cannot be traced"),
+        ("bare-onnx", "bare ONNX file"),
+    ],
+)
+def test_compression_bad_input_is_exit_2(case, fragment, cnn_module_spec, cnn_onnx, cnn_data, digits8):
+    tmp = cnn_module_spec
+    model, train, steps = "usernet:build", tmp / "train.npz", [{"pass": "distill", "epochs": 1}]
+    if case == "amount":
+        steps = [{"pass": "prune_unstructured", "amount": 1.5}]
+    elif case == "macs":
+        steps = [{"pass": "prune_structured", "target_macs": 10**12}]
+    elif case == "labels":
+        train = tmp / "bad_labels.npz"
+        np.savez(train, image=digits8["x_train"][:20], labels=np.arange(20, dtype=np.int64))
+    elif case == "shape":
+        train = tmp / "bad_shape.npz"
+        np.savez(train, image=np.zeros((20, 1, 16, 16), np.float32), labels=np.zeros(20, np.int64))
+    elif case == "untraceable":
+        model = "usernet:untraceable"
+    elif case == "bare-onnx":
+        model = str(cnn_onnx)
+    out = tmp / "out"
+    proc = run("optimize", model, "--data", cnn_data["calib"], "--train", train,
+               "--recipes", _recipe_file(tmp, steps), "--out", out, cwd=tmp)
+    assert_one_line_error(proc, fragment)
+    assert not out.exists()
