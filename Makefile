@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_quantization.py
+	$(PY) benchmarks/bench_compression.py
 
 clean:
 	rm -rf $(VENV) edgeship-out build src/*.egg-info

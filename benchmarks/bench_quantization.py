@@ -1,7 +1,8 @@
 """Benchmark: PyTorch eager vs ONNX Runtime fp32 vs plain quantize_dynamic vs edgeship's choice.
 
-Measured in one run, on this machine, at a fixed thread count and batch 1; all four are
-timed interleaved (round-robin) so that load on a shared machine hits them equally.
+Measured in one run, on this machine, at a fixed thread count and batch 1; the ONNX Runtime
+sessions are timed interleaved (round-robin) so that load on a shared machine hits them
+equally, and PyTorch eager after them (its spinning OpenMP workers would slow the next session).
 Writes benchmarks/results/quantization.json and prints a markdown table for the README.
 
     python benchmarks/bench_quantization.py [--threads 2] [--models digits,minilm]
@@ -10,8 +11,7 @@ Writes benchmarks/results/quantization.json and prints a markdown table for the 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import sys
 import time
 from pathlib import Path
 
@@ -20,25 +20,13 @@ import numpy as np
 import edgeship
 from edgeship._workspace import scratch_dir
 from edgeship.demo import prepare_demo
-from edgeship.evaluate import get_metric, measure_latencies, measure_peak_memory, run_outputs
+from edgeship.evaluate import measure_peak_memory, run_outputs
 from edgeship.pipeline import plan_optimization
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import TorchSession, time_sessions, write_results  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results" / "quantization.json"
-
-
-class TorchSession:
-    """Gives a torch module the ``run(None, feeds)`` shape of an ORT session, for timing."""
-
-    def __init__(self, module, input_names, threads):
-        import torch
-
-        torch.set_num_threads(threads)
-        self.module, self.names, self.torch = module.eval(), input_names, torch
-
-    def run(self, _outputs, feeds):
-        with self.torch.inference_mode():
-            out = self.module(*[self.torch.from_numpy(feeds[n]) for n in self.names])
-        return [out.numpy()]
 
 
 def bench(name: str, threads: int, max_drop: float) -> dict:
@@ -61,7 +49,6 @@ def bench(name: str, threads: int, max_drop: float) -> dict:
     feeds = {k: np.ascontiguousarray(v[:1]) for k, v in evaluation.inputs.items()}
     torch_session = TorchSession(model.torch_module, names, threads)
     entries = {
-        "pytorch_eager": (torch_session, None),
         "onnxruntime_fp32": (model.session(threads), model),
         "ort_quantize_dynamic_defaults": (peer.session(threads), peer),
     }
@@ -69,8 +56,10 @@ def bench(name: str, threads: int, max_drop: float) -> dict:
         entries[f"edgeship_best ({result.best.recipe})"] = (result.best.model.session(threads), result.best.model)
 
     reference = run_outputs(entries["onnxruntime_fp32"][0], evaluation.batches(1))
-    timings = measure_latencies([s for s, _ in entries.values()], feeds, warmup=10, runs=200, rounds=5,
-                                min_seconds=2.0)
+    ort_timings, eager = time_sessions([s for s, _ in entries.values()], torch_session, feeds, warmup=10,
+                                       runs=200, rounds=5, min_seconds=2.0)
+    entries = {"pytorch_eager": (torch_session, None), **entries}
+    timings = [eager, *ort_timings]
     rows = {}
     fp32_size = model.size_bytes
     for (label, (session, m)), timing in zip(entries.items(), timings):
@@ -123,14 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     drops = {"digits": 0.005, "minilm": 0.01}
     results = [bench(name, args.threads, drops[name]) for name in args.models.split(",")]
-    payload = {
-        "benchmark": "quantization",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": args.threads},
-        "batch_size": 1,
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2))
+    write_results(args.out, "quantization", args.threads, results)
     print(markdown(results))
     print(f"\nwritten: {args.out}")
 

@@ -213,3 +213,13 @@ def test_chained_recipe_logs_steps_lineage_and_metrics(cnn_model, cnn_data, digi
         assert key in cand["metrics"]
     assert cand["metrics"]["macs"] < report["baseline"]["metrics"]["macs"]
     assert cand["metrics"]["size_ratio"] > 4.0
+
+
+def test_structured_preset_rounds_channels_for_simd_kernels(cnn_model, ctx):
+    """Odd channel counts (22, 45, 91) leave int8 kernel blocks half empty: no speedup."""
+    from edgeship.recipes import presets
+
+    (prune,) = [s for s in presets()["structured-50-distill-int8"].steps if s.name == "prune_structured"]
+    assert prune.round_to == 8
+    out = prune.run(cnn_model, ctx)
+    assert all(shape[0] % 8 == 0 for shape in conv_weight_shapes(out))
