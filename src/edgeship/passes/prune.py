@@ -95,28 +95,30 @@ class PruneStructured(PassConfig):
     """Remove whole channels and neurons with Torch-Pruning, so tensors really shrink.
 
     Torch-Pruning's dependency graph keeps coupled layers (a conv, its BatchNorm, the next
-    layer's inputs, residual adds) consistent. Give one of: ``amount`` (the share of
-    channels removed per layer), ``target_macs`` (an absolute MACs budget per sample), or
-    ``target_macs_ratio`` (a fraction of the current MACs). The final classifier keeps its
-    outputs. Follow it with ``distill`` to recover accuracy.
+    layer's inputs, residual adds) consistent. Give at most one of: ``amount`` (the share of
+    channels removed per layer; 0.5 when none is given), ``target_macs`` (an absolute MACs
+    budget per sample), or ``target_macs_ratio`` (a fraction of the current MACs). The final
+    classifier keeps its outputs. Follow it with ``distill`` to recover accuracy.
     """
 
     name = "prune_structured"
     keeps_architecture = False
-    amount: float = 0.0
+    amount: float | None = None
     target_macs: int = 0
     target_macs_ratio: float = 0.0
     importance: Literal["l1", "l2"] = "l2"
     global_pruning: bool = False
     round_to: int = 0
 
+    DEFAULT_AMOUNT = 0.5
+
     def validate(self) -> None:
-        given = [bool(self.amount), bool(self.target_macs), bool(self.target_macs_ratio)]
-        if sum(given) != 1:
+        given = [self.amount is not None, bool(self.target_macs), bool(self.target_macs_ratio)]
+        if sum(given) > 1:
             raise ConfigError(
                 f"{self.name}: give exactly one of amount (share of channels), target_macs or target_macs_ratio."
             )
-        if self.amount:
+        if self.amount is not None:
             _check_amount(self.name, self.amount)
         if self.target_macs_ratio and not 0.0 < self.target_macs_ratio < 1.0:
             raise ConfigError(f"{self.name}: target_macs_ratio must be in (0, 1), got {self.target_macs_ratio}.")
@@ -163,8 +165,8 @@ class PruneStructured(PassConfig):
         example = self._example(model)
         before = self._macs(student, example)
         try:
-            if self.amount:
-                self._pruner(student, example, self.amount, 1).step()
+            if not (self.target_macs or self.target_macs_ratio):
+                self._pruner(student, example, self.amount or self.DEFAULT_AMOUNT, 1).step()
             else:
                 target = self.target_macs or int(before * self.target_macs_ratio)
                 steps = 40
