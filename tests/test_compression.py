@@ -223,3 +223,15 @@ def test_structured_preset_rounds_channels_for_simd_kernels(cnn_model, ctx):
     assert prune.round_to == 8
     out = prune.run(cnn_model, ctx)
     assert all(shape[0] % 8 == 0 for shape in conv_weight_shapes(out))
+
+
+def test_structured_pruning_removes_attention_heads_and_ffn_neurons(tiny_bert, tmp_path):
+    out = PASSES["prune_structured"](amount=0.5).run(tiny_bert, PassContext(tmp_path))
+    attention = [m for m in out.torch_module.modules() if hasattr(m, "query") and hasattr(m, "num_attention_heads")]
+    assert [m.num_attention_heads for m in attention] == [2, 2]  # 4 heads each before
+    assert all(m.query.out_features == 2 * m.attention_head_size for m in attention)
+    ffn = [m.intermediate.dense for m in out.torch_module.modules() if hasattr(m, "intermediate")]
+    assert [f.out_features for f in ffn] == [64, 64]  # 128 before
+    assert out.outputs[0].shape == tiny_bert.outputs[0].shape  # the embedding keeps its size
+    shapes = {n: (1, 16) for n in ("input_ids", "attention_mask", "token_type_ids")}
+    assert out.stats(shapes)["macs"] < 0.6 * tiny_bert.stats(shapes)["macs"]

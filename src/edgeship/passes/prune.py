@@ -26,6 +26,19 @@ def _check_amount(name: str, amount: float) -> None:
         raise ConfigError(f"{name}: amount must be in (0, 1), got {amount}; e.g. 0.5 prunes half.")
 
 
+def _attention_modules(module: Any) -> list[Any]:
+    """BERT-style self-attention modules (query/key/value projections and a head count)."""
+    return [
+        m for m in module.modules()
+        if all(hasattr(m, a) for a in ("query", "key", "value", "num_attention_heads", "attention_head_size"))
+    ]
+
+
+def _sum_outputs(out: Any) -> Any:
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return getattr(out, "last_hidden_state", out).sum()
+
+
 def weight_sparsity(module: Any) -> float:
     """Fraction of exactly-zero weights over all Conv/Linear weight tensors."""
     zeros = total = 0
@@ -148,7 +161,23 @@ class PruneStructured(PassConfig):
         import torch
         import torch_pruning as tp
 
-        ignored = [m for m in student.modules() if isinstance(m, torch.nn.Linear)][-1:]  # the classifier head
+        attention = _attention_modules(student)
+        extra: dict[str, Any] = {}
+        if attention:
+            # Transformers: remove whole attention heads and FFN neurons, keep the hidden size
+            # (so embeddings, residuals and the output keep their shape).
+            heads = {}
+            for m in attention:
+                for proj in (m.query, m.key, m.value):
+                    heads[proj] = m.num_attention_heads
+            prunable = set(heads) | {
+                mod.intermediate.dense for mod in student.modules() if hasattr(mod, "intermediate")
+            }
+            ignored = [m for m in student.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))
+                       and m not in prunable]
+            extra = dict(num_heads=heads, prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=ratio)
+        else:
+            ignored = [m for m in student.modules() if isinstance(m, torch.nn.Linear)][-1:]  # the classifier head
         return tp.pruner.MetaPruner(
             student,
             example[0] if len(example) == 1 else example,
@@ -158,6 +187,8 @@ class PruneStructured(PassConfig):
             ignored_layers=ignored,
             global_pruning=self.global_pruning,
             round_to=self.round_to or None,
+            output_transform=_sum_outputs,
+            **extra,
         )
 
     def apply(self, model: Model, ctx: PassContext) -> Model:
@@ -186,6 +217,11 @@ class PruneStructured(PassConfig):
                 f"{self.name}: Torch-Pruning could not trace or prune this module ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''})."
             ) from None
+        for m in _attention_modules(student):  # heads were removed: tell the attention modules
+            m.num_attention_heads = m.query.out_features // m.attention_head_size
+            m.all_head_size = m.query.out_features
+            if hasattr(m, "config"):
+                m.config.num_attention_heads = m.num_attention_heads
         after = self._macs(student, example)
         ctx.say(f"{self.name}: MACs {before:,} -> {after:,} ({after / before:.2f})")
         return export_like(model, student.eval(), ctx, self.name, self.config_dict())
