@@ -17,7 +17,7 @@ from edgeship.errors import DataMismatchError, PassNotApplicableError
 from edgeship.model import Model
 from edgeship.passes.base import PassContext
 
-__all__ = ["require_module", "require_train", "student_copy", "export_like", "fit", "FitConfig", "PRUNABLE"]
+__all__ = ["require_module", "require_train", "check_fine_tune", "student_copy", "export_like", "fit", "FitConfig", "PRUNABLE"]
 
 
 def require_module(model: Model, pass_name: str) -> Any:
@@ -32,6 +32,13 @@ def require_module(model: Model, pass_name: str) -> Any:
             "edgeship.from_torch, MODULE:FUNCTION, or a Hugging Face directory."
         )
     return model.torch_module
+
+
+def check_fine_tune(model: Model, ctx: PassContext, pass_name: str, epochs: int) -> None:
+    """For passes with an optional fine-tune: the module is needed, and data when epochs > 0."""
+    require_module(model, pass_name)
+    if epochs:
+        require_train(ctx, pass_name)
 
 
 def require_train(ctx: PassContext, pass_name: str) -> Any:

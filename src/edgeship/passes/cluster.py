@@ -9,7 +9,7 @@ import numpy as np
 
 from edgeship.errors import ConfigError, PassNotApplicableError
 from edgeship.model import Model
-from edgeship.passes._torch import PRUNABLE, FitConfig, export_like, fit, require_module, require_train, student_copy
+from edgeship.passes._torch import PRUNABLE, FitConfig, check_fine_tune, export_like, fit, student_copy
 from edgeship.passes.base import PassConfig, PassContext, register_pass
 
 __all__ = ["Cluster"]
@@ -41,9 +41,7 @@ class Cluster(PassConfig):
             raise ConfigError(f"cluster: fine_tune_epochs must be >= 0, got {self.fine_tune_epochs}.")
 
     def check(self, model: Model, ctx: PassContext) -> None:
-        require_module(model, self.name)
-        if self.fine_tune_epochs:
-            require_train(ctx, self.name)
+        check_fine_tune(model, ctx, self.name, self.fine_tune_epochs)
 
     def apply(self, model: Model, ctx: PassContext) -> Model:
         import torch

@@ -7,15 +7,7 @@ from typing import Any, Literal
 
 from edgeship.errors import ConfigError, PassNotApplicableError
 from edgeship.model import Model
-from edgeship.passes._torch import (
-    PRUNABLE,
-    FitConfig,
-    export_like,
-    fit,
-    require_module,
-    require_train,
-    student_copy,
-)
+from edgeship.passes._torch import PRUNABLE, FitConfig, check_fine_tune, export_like, fit, require_module, student_copy
 from edgeship.passes.base import PassConfig, PassContext, register_pass
 
 __all__ = ["PruneUnstructured", "PruneStructured", "weight_sparsity"]
@@ -74,9 +66,7 @@ class PruneUnstructured(PassConfig):
             raise ConfigError(f"{self.name}: fine_tune_epochs must be >= 0, got {self.fine_tune_epochs}.")
 
     def check(self, model: Model, ctx: PassContext) -> None:
-        require_module(model, self.name)
-        if self.fine_tune_epochs:
-            require_train(ctx, self.name)
+        check_fine_tune(model, ctx, self.name, self.fine_tune_epochs)
 
     def apply(self, model: Model, ctx: PassContext) -> Model:
         import torch
