@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["graph_stats", "op_histogram", "opsets", "weight_sparsity"]
+__all__ = ["graph_stats", "op_histogram", "opsets", "weight_sparsity", "infer_shapes_and_types", "node_macs"]
 
 # Positional inputs that carry quantization parameters rather than weights.
 _QPARAM_INPUTS = {
@@ -69,6 +69,11 @@ def _fix_input_dims(proto: Any, shapes: dict[str, tuple[int, ...]] | None) -> An
 
 def _infer_shapes(proto: Any) -> dict[str, tuple[int, ...]]:
     """Value name -> concrete shape, using ORT's symbolic inference (knows contrib ops)."""
+    return infer_shapes_and_types(proto)[0]
+
+
+def infer_shapes_and_types(proto: Any) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    """(value name -> concrete shape, value name -> ONNX element type)."""
     import onnx
 
     inferred = None
@@ -81,14 +86,17 @@ def _infer_shapes(proto: Any) -> dict[str, tuple[int, ...]]:
     if inferred is None:
         inferred = onnx.shape_inference.infer_shapes(proto)
     out: dict[str, tuple[int, ...]] = {}
+    types: dict[str, int] = {}
     g = inferred.graph
     for vi in [*g.input, *g.value_info, *g.output]:
+        types[vi.name] = vi.type.tensor_type.elem_type
         dims = vi.type.tensor_type.shape.dim
         if all(d.HasField("dim_value") for d in dims):
             out[vi.name] = tuple(int(d.dim_value) for d in dims)
     for init in g.initializer:
         out[init.name] = tuple(int(d) for d in init.dims)
-    return out
+        types[init.name] = init.data_type
+    return out, types
 
 
 def _weight_shape(name: str, shapes: dict[str, tuple[int, ...]], producers: dict[str, Any]) -> tuple[int, ...] | None:
@@ -101,7 +109,7 @@ def _weight_shape(name: str, shapes: dict[str, tuple[int, ...]], producers: dict
     return None
 
 
-def _node_macs(node: Any, shapes: dict[str, tuple[int, ...]], producers: dict[str, Any]) -> int:
+def node_macs(node: Any, shapes: dict[str, tuple[int, ...]], producers: dict[str, Any]) -> int:
     op = node.op_type
     out_shape = shapes.get(node.output[0]) if node.output else None
     attrs = {a.name: a for a in node.attribute}
@@ -123,7 +131,7 @@ def _node_macs(node: Any, shapes: dict[str, tuple[int, ...]], producers: dict[st
     if op == "MatMulNBits":
         k = attrs["K"].i
         return int(np.prod(out_shape)) * int(k) if out_shape else 0
-    if op == "Attention":  # com.microsoft fused attention: QKV projection + scores + context
+    if op in ("Attention", "QAttention"):  # com.microsoft fused attention: QKV projection + scores + context
         x = shapes.get(node.input[0])
         w = _weight_shape(node.input[1], shapes, producers)
         if x is None or w is None:
@@ -169,7 +177,7 @@ def _graph_stats_cached(path: str, shape_key: tuple[tuple[str, tuple[int, ...]],
     fixed = _fix_input_dims(proto, shapes)
     value_shapes = _infer_shapes(fixed)
     producers = {o: n for n in fixed.graph.node for o in n.output}
-    macs = sum(_node_macs(n, value_shapes, producers) for n in fixed.graph.node)
+    macs = sum(node_macs(n, value_shapes, producers) for n in fixed.graph.node)
     return {"params": _param_count(proto), "macs": int(macs)}
 
 

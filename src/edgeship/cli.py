@@ -125,24 +125,56 @@ def optimize(
 
 
 @app.command()
+def targets() -> None:
+    """List the device profiles (figures per core; `host` is measured on first use)."""
+    from edgeship.targets import list_profiles, load_profile
+
+    def work() -> Any:
+        return [load_profile(t) for t in list_profiles()]
+
+    table = Table(title="device profiles", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("id", "cores", "GHz", "fp32/int8 MAC/cycle", "GB/s", "RAM", "storage", "runtimes"):
+        table.add_column(col, no_wrap=col != "runtimes")
+    for p in _guard(work):
+        table.add_row(p.id, str(p.cores), "/".join(f"{s.freq_ghz:g}" for s in p.dvfs),
+                      f"{p.fp32_macs_per_cycle:g}/{p.int8_macs_per_cycle:g}", f"{p.mem_bandwidth_gbs:g}",
+                      f"{p.ram_mb:,.0f} MB" if p.ram_mb >= 10 else f"{p.ram_mb:g} MB", f"{p.storage_mb:,.0f} MB",
+                      ", ".join(p.runtimes))
+    console.print(table)
+    console.print("Add your own with --target path/to/profile.toml (same fields, each figure with a source).")
+
+
+def _parse_shapes(shape: list[str]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for item in shape:
+        name, _, dims = item.partition("=")
+        try:
+            shapes[name] = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            raise EdgeshipError(f"--shape {item!r} is not NAME=D1xD2x...; e.g. input_ids=1x64.") from None
+    return shapes
+
+
+@app.command()
 def inspect(
     model: str = typer.Argument(..., help="An .onnx file, a Hugging Face directory, or MODULE:FUNCTION."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     shape: list[str] = typer.Option([], "--shape", help="Sizes for dynamic dims, e.g. input_ids=1x64 (default 1)."),
+    target: Optional[str] = typer.Option(None, "--target", help="A device profile id (see `edgeship targets`) or a .toml file: adds a fit report."),
+    threads: int = typer.Option(2, "--threads", help="Threads for the estimate and the host measurement."),
+    request_rate: float = typer.Option(1.0, "--request-rate", help="Requests per second, for the idle share of energy."),
+    max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="Latency budget for choosing the DVFS state."),
 ) -> None:
-    """Inputs and outputs, opset, op histogram, params, MACs and size."""
-    from edgeship.inspection import inspect_model
+    """Inputs and outputs, opset, op histogram, params, MACs and size; with --target, a fit report."""
+    from edgeship.inspection import fit_report, inspect_model
     from edgeship.report.writer import fmt_bytes
 
     def work() -> Any:
-        shapes = {}
-        for item in shape:
-            name, _, dims = item.partition("=")
-            try:
-                shapes[name] = tuple(int(d) for d in dims.lower().split("x"))
-            except ValueError:
-                raise EdgeshipError(f"--shape {item!r} is not NAME=D1xD2x...; e.g. input_ids=1x64.") from None
-        return inspect_model(model, shapes)
+        shapes = _parse_shapes(shape)
+        info = inspect_model(model, shapes)
+        if target is not None:
+            info["estimate"] = fit_report(model, target, shapes, threads, request_rate, max_latency_ms)
+        return info
 
     info = _guard(work)
     if as_json:
@@ -162,6 +194,34 @@ def inspect(
     summary.add_row("size", fmt_bytes(info["size_bytes"]))
     summary.add_row("ops", ", ".join(f"{k} {v}" for k, v in info["ops"].items()))
     console.print(summary)
+    if "estimate" in info:
+        _print_fit(info["estimate"])
+
+
+def _print_fit(est: dict[str, Any]) -> None:
+    from edgeship.report.writer import fmt_bytes
+
+    host = est.get("measured_on_host", {})
+    fit = Table(title=f"fit on {est['target']} (estimates; measured on this host beside them)", title_justify="left",
+                box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("figure", "estimate", "measured on host"):
+        fit.add_column(col)
+    fit.add_row("latency", f"{est['latency_ms']:.3g} ms", f"{host['latency_ms_p50']:.3g} ms" if host else "-")
+    fit.add_row("peak memory", fmt_bytes(est["peak_memory_bytes"]),
+                fmt_bytes(host["peak_memory_bytes"]) if host else "-")
+    fit.add_row("storage", fmt_bytes(est["storage_bytes"]), "")
+    fit.add_row("energy / inference", f"{est['energy_mj']:.4g} mJ ({est['recommended_state']})", "")
+    fit.add_row("fits", "yes" if est["fits"] else "NO: " + "; ".join(est["reasons"]), "")
+    console.print(fit)
+    states = Table(title="DVFS states", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("state", "GHz", "latency ms", "active mJ", f"mJ at {est['request_rate_hz']:g} req/s", ""):
+        states.add_column(col)
+    for s in est["dvfs"]:
+        states.add_row(s["state"], f"{s['freq_ghz']:g}", f"{s['latency_ms']:.3g}", f"{s['active_energy_mj']:.3g}",
+                       f"{s['energy_mj']:.4g}", "recommended" if s["state"] == est["recommended_state"] else "")
+    console.print(states)
+    if est["runtime_note"]:
+        console.print(f"[yellow]note:[/] {est['runtime_note']}", highlight=False)
 
 
 @app.command()

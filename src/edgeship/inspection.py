@@ -6,7 +6,7 @@ from typing import Any
 
 from edgeship.model import Model
 
-__all__ = ["inspect_model"]
+__all__ = ["inspect_model", "fit_report"]
 
 
 def inspect_model(model: Any, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
@@ -31,3 +31,47 @@ def inspect_model(model: Any, shapes: dict[str, tuple[int, ...]] | None = None) 
         "size_bytes": model.size_bytes,
         "sha256": model.sha256,
     }
+
+
+def _example_feeds(model: Model, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """Inputs of the model's signature (dynamic dims from ``shapes`` or 1), for a host measurement."""
+    import numpy as np
+
+    feeds = {}
+    for spec in model.inputs:
+        given = shapes.get(spec.name, ())
+        dims = [d if isinstance(d, int) else (given[i] if i < len(given) else 1) for i, d in enumerate(spec.shape)]
+        if spec.dtype.startswith("float"):
+            feeds[spec.name] = np.random.default_rng(0).random(dims).astype(spec.dtype)
+        else:
+            feeds[spec.name] = np.ones(dims, dtype=spec.dtype)
+    return feeds
+
+
+def fit_report(
+    model: Any,
+    target: Any,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    threads: int = 2,
+    request_rate_hz: float = 1.0,
+    max_latency_ms: float | None = None,
+    measure: bool = True,
+) -> dict[str, Any]:
+    """Estimates of ``model`` on ``target``, with latency and memory measured on this host beside them."""
+    from edgeship.evaluate import measure_latency, measure_peak_memory
+    from edgeship.importers import load
+    from edgeship.targets import load_profile
+    from edgeship.targets.estimate import estimate
+
+    model = load(model) if not isinstance(model, Model) else model
+    profile = load_profile(target)
+    shapes = shapes or {}
+    report = estimate(model, profile, shapes, threads, request_rate_hz, max_latency_ms)
+    if measure:
+        feeds = _example_feeds(model, shapes)
+        report["measured_on_host"] = {
+            "latency_ms_p50": measure_latency(model.session(threads), feeds, runs=50, min_seconds=0.3)["latency_ms_p50"],
+            "peak_memory_bytes": measure_peak_memory(model.path, feeds, threads),
+            "threads": threads,
+        }
+    return report

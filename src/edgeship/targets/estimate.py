@@ -1,0 +1,256 @@
+"""Offline fit estimates: peak memory, latency, storage and energy of a model on a device.
+
+- Peak memory: ONNX Runtime's own footprint + weights + the packed copies ORT makes of
+  MatMul/Gemm/Conv weights at load (prepacking) + the peak of live activations from a static
+  memory plan (inferred shapes, each tensor alive from its producer to its last consumer).
+- Latency: a per-op roofline. Each op takes the longer of its MACs at the device's fp32 or
+  int8 throughput and its bytes at the memory bandwidth, plus a fixed dispatch cost.
+  Throughput comes from the profile; for datasheet profiles the peak is scaled by the
+  efficiency ONNX Runtime reaches on the host (measured), where that is measurable.
+- Energy per inference in each DVFS state: active power x latency, plus the idle power for
+  the rest of the period at a given request rate. The recommended state is the one with the
+  lowest energy that still meets the latency budget.
+Everything here is labelled an estimate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeship.model import Model
+from edgeship.targets.profiles import DvfsState, Profile
+
+__all__ = ["GraphCost", "graph_cost", "estimate", "FALLBACK_EFFICIENCY"]
+
+#: share of datasheet peak that ONNX Runtime's kernels are assumed to reach when the host's
+#: own efficiency cannot be measured (e.g. a VM that reports a nominal clock)
+FALLBACK_EFFICIENCY = 0.7
+#: CPU cycles ONNX Runtime spends dispatching one node (about 1.5 us at 2.6 GHz, measured
+#: on the host as the time of small ops in a profile)
+DISPATCH_CYCLES = 4000
+_ELEM_SIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2, 21: 1, 22: 1}
+_INT8_OPS = {"QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "DynamicQuantizeMatMul"}
+# ORT fuses QDQ pairs into quantized kernels at load: they cost no dispatch or traffic of their own
+_FUSED_AWAY = {"QuantizeLinear", "DequantizeLinear", "Constant", "Identity"}
+_PREPACKED = {"MatMul", "Gemm", "Conv", "FusedConv", "FusedMatMul", "MatMulInteger", "DynamicQuantizeMatMul",
+              "QLinearConv", "QLinearMatMul", "MatMulNBits", "Attention", "ConvInteger"}
+
+
+#: share of the second thread's throughput that small ops gain (measured on the host:
+#: 2 threads make a 12 M-MAC CNN about 1.5x faster, not 2x)
+PARALLEL_EFFICIENCY = 0.5
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    op: str
+    macs: int
+    int8: bool
+    bytes_moved: int
+
+
+@dataclass(frozen=True)
+class GraphCost:
+    """What the estimators need to know about one model at one input shape."""
+
+    nodes: tuple[NodeCost, ...]
+    weight_bytes: int
+    prepacked_bytes: int
+    activation_peak_bytes: int
+    io_bytes: int
+
+    @property
+    def macs(self) -> int:
+        return sum(n.macs for n in self.nodes)
+
+
+def _nbytes(shape: tuple[int, ...] | None, elem_type: int | None) -> int:
+    if shape is None:
+        return 0
+    return int(np.prod(shape, dtype=np.int64)) * _ELEM_SIZE.get(elem_type or 1, 4)
+
+
+def graph_cost(path: Path | str, shapes: dict[str, tuple[int, ...]] | None = None) -> GraphCost:
+    import onnx
+
+    from edgeship._graph import _fix_input_dims, infer_shapes_and_types, node_macs
+
+    proto = onnx.load(str(path))
+    fixed = _fix_input_dims(proto, shapes)
+    value_shapes, types = infer_shapes_and_types(fixed)
+    graph = fixed.graph
+    inits = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    weight_bytes = sum(_nbytes(tuple(i.dims), i.data_type) for i in graph.initializer)
+
+    def source_init(name: str) -> Any:
+        """The initializer behind ``name``, through DequantizeLinear/Cast/Transpose."""
+        if name in inits:
+            return inits[name]
+        node = producers.get(name)
+        if node is not None and node.op_type in {"DequantizeLinear", "Cast", "Transpose", "Identity"}:
+            return source_init(node.input[0])
+        return None
+
+    nodes, prepacked = [], 0
+    for node in graph.node:
+        if node.op_type in _FUSED_AWAY:
+            continue
+        macs = node_macs(node, value_shapes, producers)
+        weight = source_init(node.input[1]) if len(node.input) > 1 else None
+        dequantized = len(node.input) > 1 and node.input[1] not in inits and weight is not None
+        is_int8 = node.op_type in _INT8_OPS or (dequantized and weight.data_type in (2, 3))
+        if node.op_type in _PREPACKED and weight is not None:
+            packed = _nbytes(tuple(weight.dims), weight.data_type)
+            # CPU kernels compute fp16 models in fp32: the packed copy is fp32, twice the size
+            prepacked += 2 * packed if weight.data_type == 10 else packed
+        if node.op_type in {"Gather", "GatherBlockQuantized"}:  # reads only the gathered rows
+            moved = 2 * sum(_nbytes(value_shapes.get(n), types.get(n)) for n in node.output)
+        else:
+            moved = sum(_nbytes(value_shapes.get(n), types.get(n)) for n in [*node.input, *node.output] if n)
+        nodes.append(NodeCost(node.op_type, macs, is_int8, moved))
+
+    # static memory plan over activations (not initializers): live from producer to last consumer.
+    # Outputs of nodes fed only by initializers (DequantizeLinear of a weight) are folded at load.
+    folded = {o for n in graph.node if n.input and all(i in inits or not i for i in n.input) for o in n.output}
+    index = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    last_use: dict[str, int] = {}
+    for i, n in enumerate(graph.node):
+        for name in n.input:
+            if name and name not in inits and name not in folded:
+                last_use[name] = i
+    end = len(graph.node)
+    for out in graph.output:
+        last_use[out.name] = end
+    delta = np.zeros(end + 2, dtype=np.int64)
+    io_bytes = 0
+    for name, last in last_use.items():
+        start = index.get(name, 0)
+        size = _nbytes(value_shapes.get(name), types.get(name))
+        if name not in index:
+            io_bytes += size
+        delta[start] += size
+        delta[last + 1] -= size
+    activation_peak = int(np.max(np.cumsum(delta))) if end else 0
+    return GraphCost(tuple(nodes), weight_bytes, prepacked, activation_peak, io_bytes)
+
+
+def efficiency(profile: Profile) -> tuple[float, float, str]:
+    """(fp32, int8) share of the profile's figures that ONNX Runtime reaches, and why."""
+    if profile.measured:
+        return 1.0, 1.0, "host figures are measured ONNX Runtime throughput"
+    from edgeship.targets.host import host_profile
+
+    host = host_profile()
+    peak32 = host.extra.get("host_peak_fp32_macs_per_cycle", 16.0)
+    peak8 = host.extra.get("host_peak_int8_macs_per_cycle", 32.0)
+    e32, e8 = host.fp32_macs_per_cycle / peak32, host.int8_macs_per_cycle / peak8
+    if 0 < e32 <= 1 and 0 < e8 <= 1:
+        return e32, e8, "peak scaled by the efficiency ONNX Runtime reaches on the host"
+    return FALLBACK_EFFICIENCY, FALLBACK_EFFICIENCY, (
+        f"the host's clock is not readable (measured above its peak), so {FALLBACK_EFFICIENCY:.0%} of peak is assumed"
+    )
+
+
+def _op_rates(profile: Profile) -> dict[str, float]:
+    """Kernels slower than the GEMM rate, as a share of the fp32 rate, measured on the host."""
+    from edgeship.targets.host import host_profile
+
+    host = profile if profile.measured else host_profile()
+    measured = host.extra.get("op_macs_per_cycle", {})
+    return {op: rate / host.fp32_macs_per_cycle for op, rate in measured.items()}
+
+
+def _latency_s(cost: GraphCost, profile: Profile, state: DvfsState, threads: int, eff: tuple[float, float]) -> float:
+    used = max(1, min(threads, profile.cores))
+    cores = 1 + PARALLEL_EFFICIENCY * (used - 1)
+    hz = state.freq_ghz * 1e9
+    # memory bandwidth is shared; it does not scale with the CPU clock
+    bandwidth = profile.mem_bandwidth_gbs * 1e9
+    slow = _op_rates(profile)
+    total = 0.0
+    for n in cost.nodes:
+        per_cycle = (profile.int8_macs_per_cycle * eff[1]) if n.int8 else (profile.fp32_macs_per_cycle * eff[0])
+        if n.op in slow:
+            per_cycle = profile.fp32_macs_per_cycle * eff[0] * slow[n.op]
+        compute = n.macs / (per_cycle * hz * cores) if n.macs else 0.0
+        total += max(compute, n.bytes_moved / bandwidth) + DISPATCH_CYCLES / hz
+    return total
+
+
+def estimate(
+    model: Model | Path | str,
+    profile: Profile,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    threads: int = 2,
+    request_rate_hz: float = 1.0,
+    max_latency_ms: float | None = None,
+    cost: GraphCost | None = None,
+) -> dict[str, Any]:
+    """The fit report of one model on one device; every figure is an estimate."""
+    path = model.path if isinstance(model, Model) else Path(model)
+    files = model.files if isinstance(model, Model) else [path]
+    cost = cost or graph_cost(path, shapes)
+    eff32, eff8, eff_note = efficiency(profile)
+    if profile.runtime_overhead_kb is not None:
+        overhead = int(profile.runtime_overhead_kb * 1024)
+    else:
+        from edgeship.targets.host import host_profile
+
+        overhead = int((host_profile().runtime_overhead_kb or 0) * 1024)
+    if profile.microcontroller:
+        # TFLite-Micro style: weights stay in flash, RAM holds the activation arena
+        peak_memory = overhead + cost.activation_peak_bytes
+    else:
+        peak_memory = overhead + cost.weight_bytes + cost.prepacked_bytes + cost.activation_peak_bytes
+    storage = sum(Path(f).stat().st_size for f in files)
+
+    states = []
+    for state in profile.dvfs:
+        latency = _latency_s(cost, profile, state, threads, (eff32, eff8))
+        period = 1.0 / request_rate_hz
+        active_mj = state.power_w * latency * 1000
+        idle_mj = profile.idle_power_w * max(0.0, period - latency) * 1000
+        states.append({"state": state.name, "freq_ghz": state.freq_ghz, "latency_ms": latency * 1000,
+                       "active_energy_mj": active_mj, "energy_mj": active_mj + idle_mj,
+                       "meets_latency": max_latency_ms is None or latency * 1000 <= max_latency_ms})
+    eligible = [s for s in states if s["meets_latency"]] or states
+    recommended = min(eligible, key=lambda s: (s["energy_mj"], s["latency_ms"]))
+    fastest = min(states, key=lambda s: s["latency_ms"])
+
+    reasons = []
+    if peak_memory > profile.ram_mb * 2**20:
+        reasons.append(f"peak memory {peak_memory / 2**20:.1f} MiB exceeds RAM {profile.ram_mb:g} MiB")
+    if storage > profile.storage_mb * 2**20:
+        reasons.append(f"model {storage / 2**20:.1f} MiB exceeds storage {profile.storage_mb:g} MiB")
+    runtime_note = ""
+    if not profile.runs_onnxruntime:
+        runtime_note = (
+            f"ONNX Runtime does not run on {profile.id} (runtimes: {', '.join(profile.runtimes)}); convert the "
+            "model to one of those. Memory and storage assume weights in flash and an activation arena in RAM."
+        )
+    return {
+        "target": profile.id,
+        "is_estimate": True,
+        "latency_ms": fastest["latency_ms"],
+        "peak_memory_bytes": int(peak_memory),
+        "storage_bytes": int(storage),
+        "energy_mj": recommended["energy_mj"],
+        "fits": not reasons,
+        "runs": profile.runs_onnxruntime,
+        "reasons": reasons,
+        "runtime_note": runtime_note,
+        "recommended_state": recommended["state"],
+        "request_rate_hz": request_rate_hz,
+        "threads": min(threads, profile.cores),
+        "dvfs": states,
+        "memory_breakdown_bytes": {"runtime": overhead, "weights": 0 if profile.microcontroller else cost.weight_bytes,
+                                   "prepacked_weights": 0 if profile.microcontroller else cost.prepacked_bytes,
+                                   "activations": cost.activation_peak_bytes},
+        "macs": cost.macs,
+        "efficiency": {"fp32": eff32, "int8": eff8, "why": eff_note},
+    }
