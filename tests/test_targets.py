@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 
 import numpy as np
 import pytest

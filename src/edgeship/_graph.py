@@ -72,8 +72,76 @@ def _infer_shapes(proto: Any) -> dict[str, tuple[int, ...]]:
     return infer_shapes_and_types(proto)[0]
 
 
+_PROFILE_TYPES = {"float": 1, "uint8": 2, "int8": 3, "int32": 6, "int64": 7, "bool": 9, "float16": 10, "double": 11}
+
+
+def runtime_shapes(proto: Any) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    """Shapes and types of every node output, read from an ONNX Runtime profile of one run.
+
+    The fallback for graphs static inference cannot type (newer contrib ops, opset changes):
+    optimizations are off, so the profiled nodes are the graph's own.
+    """
+    import json
+    import os
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    named = onnx.ModelProto()
+    named.CopyFrom(proto)
+    for i, node in enumerate(named.graph.node):
+        node.name = f"edgeship_n{i}"
+    feeds = {}
+    inits = {i.name for i in named.graph.initializer}
+    for inp in named.graph.input:
+        if inp.name in inits:
+            continue
+        dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+        feeds[inp.name] = np.ones(dims, dtype=dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tmp, "shapes")
+        so.log_severity_level = 3
+        session = ort.InferenceSession(named.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        session.run(None, feeds)
+        events = json.load(open(session.end_profiling()))
+    outputs = {n.name: list(n.output) for n in named.graph.node}
+    shapes: dict[str, tuple[int, ...]] = {}
+    types: dict[str, int] = {}
+    for event in events:
+        name = event.get("name", "").removesuffix("_kernel_time")
+        if event.get("cat") != "Node" or name not in outputs:
+            continue
+        for tensor, entry in zip(outputs[name], event.get("args", {}).get("output_type_shape", [])):
+            (type_name, dims), = entry.items()
+            shapes[tensor] = tuple(int(d) for d in dims)
+            types[tensor] = _PROFILE_TYPES.get(type_name, 1)
+    return shapes, types
+
+
 def infer_shapes_and_types(proto: Any) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
-    """(value name -> concrete shape, value name -> ONNX element type)."""
+    """(value name -> concrete shape, value name -> ONNX element type).
+
+    Static inference first; where it leaves the output of any node unknown, the shapes of
+    one real run (see :func:`runtime_shapes`) fill the gaps.
+    """
+    shapes, types = _static_shapes_and_types(proto)
+    produced = [o for n in proto.graph.node for o in n.output if o]
+    if any(o not in shapes for o in produced):
+        try:
+            run_shapes, run_types = runtime_shapes(proto)
+            shapes = {**run_shapes, **shapes}
+            types = {**run_types, **types}
+        except Exception:  # the model cannot run here: keep what static inference found
+            pass
+    return shapes, types
+
+
+def _static_shapes_and_types(proto: Any) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
     import onnx
 
     inferred = None

@@ -29,8 +29,7 @@ __all__ = ["GraphCost", "graph_cost", "estimate", "FALLBACK_EFFICIENCY"]
 #: share of datasheet peak that ONNX Runtime's kernels are assumed to reach when the host's
 #: own efficiency cannot be measured (e.g. a VM that reports a nominal clock)
 FALLBACK_EFFICIENCY = 0.7
-#: CPU cycles ONNX Runtime spends dispatching one node (about 1.5 us at 2.6 GHz, measured
-#: on the host as the time of small ops in a profile)
+#: CPU cycles ONNX Runtime spends dispatching one node when the host has not measured it
 DISPATCH_CYCLES = 4000
 _ELEM_SIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2, 21: 1, 22: 1}
 _INT8_OPS = {"QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "DynamicQuantizeMatMul"}
@@ -112,7 +111,10 @@ def graph_cost(path: Path | str, shapes: dict[str, tuple[int, ...]] | None = Non
             moved = 2 * sum(_nbytes(value_shapes.get(n), types.get(n)) for n in node.output)
         else:
             moved = sum(_nbytes(value_shapes.get(n), types.get(n)) for n in [*node.input, *node.output] if n)
-        nodes.append(NodeCost(node.op_type, macs, is_int8, moved))
+        op = node.op_type
+        if op == "Conv" and is_int8:  # a QDQ Conv runs as QLinearConv
+            op = "QLinearConv"
+        nodes.append(NodeCost(op, macs, is_int8, moved))
 
     # static memory plan over activations (not initializers): live from producer to last consumer.
     # Outputs of nodes fed only by initializers (DequantizeLinear of a weight) are folded at load.
@@ -157,12 +159,20 @@ def efficiency(profile: Profile) -> tuple[float, float, str]:
 
 
 def _op_rates(profile: Profile) -> dict[str, float]:
-    """Kernels slower than the GEMM rate, as a share of the fp32 rate, measured on the host."""
+    """Kernels that do not run at the GEMM rates, as a share of the fp32 GEMM rate, measured on the host."""
     from edgeship.targets.host import host_profile
 
     host = profile if profile.measured else host_profile()
     measured = host.extra.get("op_macs_per_cycle", {})
     return {op: rate / host.fp32_macs_per_cycle for op, rate in measured.items()}
+
+
+def _dispatch_cycles(profile: Profile) -> float:
+    """Per-node cost measured on the host; the same runtime spends the same cycles elsewhere."""
+    from edgeship.targets.host import host_profile
+
+    host = profile if profile.measured else host_profile()
+    return float(host.extra.get("dispatch_cycles", DISPATCH_CYCLES))
 
 
 def _latency_s(cost: GraphCost, profile: Profile, state: DvfsState, threads: int, eff: tuple[float, float]) -> float:
@@ -172,13 +182,14 @@ def _latency_s(cost: GraphCost, profile: Profile, state: DvfsState, threads: int
     # memory bandwidth is shared; it does not scale with the CPU clock
     bandwidth = profile.mem_bandwidth_gbs * 1e9
     slow = _op_rates(profile)
+    dispatch = _dispatch_cycles(profile)
     total = 0.0
     for n in cost.nodes:
         per_cycle = (profile.int8_macs_per_cycle * eff[1]) if n.int8 else (profile.fp32_macs_per_cycle * eff[0])
         if n.op in slow:
             per_cycle = profile.fp32_macs_per_cycle * eff[0] * slow[n.op]
         compute = n.macs / (per_cycle * hz * cores) if n.macs else 0.0
-        total += max(compute, n.bytes_moved / bandwidth) + DISPATCH_CYCLES / hz
+        total += max(compute, n.bytes_moved / bandwidth) + dispatch / hz
     return total
 
 

@@ -21,7 +21,7 @@ from edgeship.targets.profiles import Profile, profile_from_dict
 
 __all__ = ["host_profile", "host_peak_macs_per_cycle", "cache_path"]
 
-CACHE_VERSION = 2
+CACHE_VERSION = 4
 # Assumed power of one busy x86 server core and the idle share, for energy on `host` only.
 ASSUMED_CORE_POWER_W = 6.0
 ASSUMED_IDLE_POWER_W = 5.0
@@ -104,9 +104,21 @@ def _measure_macs_per_cycle(freq_ghz: float, m: int = 256, k: int = 512, n: int 
     return macs / t32 / per_cycle, macs / t8 / per_cycle
 
 
+def _measure_dispatch_cycles(freq_ghz: float, nodes: int = 200) -> float:
+    """Cycles ONNX Runtime spends per node on a chain of tiny ops (no compute to speak of)."""
+    from onnx import TensorProto, helper
+
+    chain = [helper.make_node("Relu" if i % 2 else "Neg", [f"t{i}"], [f"t{i + 1}"]) for i in range(nodes)]
+    graph = helper.make_graph(chain, "g", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info(f"t{nodes}", TensorProto.FLOAT, [1, 16])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    seconds = _time_session(model, {"t0": np.ones((1, 16), np.float32)})
+    return seconds / nodes * freq_ghz * 1e9
+
+
 def _measure_slow_kernels(freq_ghz: float) -> dict[str, float]:
-    """MACs per cycle of kernels that do not run at the int8 GEMM rate: ConvInteger and
-    MatMulNBits (int4), each on one thread."""
+    """MACs per cycle of kernels that do not run at the GEMM rates: convolutions (fp32, int8
+    QLinearConv, ConvInteger) on a mid-size layer and MatMulNBits (int4), each on one thread."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -120,7 +132,26 @@ def _measure_slow_kernels(freq_ghz: float) -> dict[str, float]:
                               [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 64, 32, 32])], [w])
     conv = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     t = _time_session(conv, {"x": rng.integers(0, 255, (1, 64, 32, 32)).astype(np.uint8)})
-    out["ConvInteger"] = 64 * 32 * 32 * 64 * 9 / t / (freq_ghz * 1e9)
+    conv_macs = 64 * 32 * 32 * 64 * 9
+    out["ConvInteger"] = conv_macs / t / (freq_ghz * 1e9)
+    # fp32 Conv and int8 QLinearConv on the same layer
+    wf = numpy_helper.from_array(rng.standard_normal((64, 64, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 32, 32])], [wf])
+    t = _time_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                      {"x": rng.standard_normal((1, 64, 32, 32)).astype(np.float32)})
+    out["Conv"] = conv_macs / t / (freq_ghz * 1e9)
+    q = [numpy_helper.from_array(np.array(v, dtype=d), n) for n, v, d in [
+        ("xs", 0.02, np.float32), ("xz", 128, np.uint8), ("ws", [0.01] * 64, np.float32),
+        ("wz", [0] * 64, np.int8), ("ys", 0.05, np.float32), ("yz", 128, np.uint8)]]
+    graph = helper.make_graph(
+        [helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], pads=[1, 1, 1, 1])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 64, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 64, 32, 32])], [w, *q])
+    t = _time_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                      {"x": rng.integers(0, 255, (1, 64, 32, 32)).astype(np.uint8)})
+    out["QLinearConv"] = conv_macs / t / (freq_ghz * 1e9)
     # MatMulNBits: 64 x 512 x 512, block 32, as the int4 pass makes it
     m, k, n = 64, 512, 512
     b = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "b")
@@ -185,6 +216,7 @@ def measure_host() -> dict[str, Any]:
         "runtime_overhead_kb": round(_measure_runtime_overhead_kb(), 1),
         "measured": True, "host_peak_fp32_macs_per_cycle": peak32, "host_peak_int8_macs_per_cycle": peak8,
         "op_macs_per_cycle": slow,
+        "dispatch_cycles": round(_measure_dispatch_cycles(freq), 1),
         "sources": {
             "cores": "os.cpu_count()",
             "fp32_macs_per_cycle": "measured: ONNX Runtime MatMul 256x512x512, 1 thread",
