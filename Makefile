@@ -25,6 +25,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_quantization.py
 	$(PY) benchmarks/bench_compression.py
+	$(PY) benchmarks/bench_estimates.py
 
 clean:
 	rm -rf $(VENV) edgeship-out build src/*.egg-info

@@ -62,15 +62,39 @@ def _results_table(result: Any) -> Table:
     return table
 
 
+def _fit_table(result: Any) -> Table:
+    from edgeship.report.writer import fmt_bytes
+
+    lines = [name for name, _, _ in result.budget.device_lines()]
+    table = Table(title=f"fit on {result.target.id} (source per row; estimates unless measured)", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("recipe", "latency ms", "peak mem", "size", "energy mJ", *lines, "source"):
+        table.add_column(col, no_wrap=True)
+    for c in [result.baseline, *result.candidates]:
+        if not c.fit:
+            continue
+        f = c.fit["figures"]
+        marks = {line["line"]: ("pass" if line["ok"] else "FAIL") for line in c.fit["lines"]}
+        table.add_row(c.recipe, f"{f['latency_ms']:.3g}", fmt_bytes(f["peak_memory_bytes"]), fmt_bytes(f["size_bytes"]),
+                      f"{f['energy_mj']:.4g}", *(marks.get(line, "-") for line in lines),
+                      "host" if c.fit["source"].startswith("measured") else "est.")
+    return table
+
+
 def _print_results(result: Any, out: Path) -> None:
     console.print(_results_table(result))
+    if result.target is not None:
+        console.print(_fit_table(result))
     for c in result.candidates:
         if c.reason:
             console.print(f"  [dim]{c.recipe} {c.status}:[/] {c.reason}", highlight=False)
         for note in c.notes:
             console.print(f"  [dim]{c.recipe} note:[/] {note}", highlight=False)
-    best = result.best.recipe if result.best else "none (every candidate was rejected or failed)"
-    console.print(f"best: [bold]{best}[/]  (* in the table)", highlight=False)
+    if result.best is None:
+        closest = f"; closest: {result.closest.recipe}, which breaks {result.closest_reason}" if result.closest else ""
+        console.print(f"[bold red]nothing fits the budget[/]{closest}", highlight=False)
+    else:
+        console.print(f"best: [bold]{result.best.recipe}[/]  (* in the table)", highlight=False)
     console.print(f"report: {out / 'report.html'}  (also report.json, pareto.png, best.onnx, candidates/)", highlight=False)
 
 
@@ -99,7 +123,13 @@ def optimize(
     recipes: str = typer.Option("auto", "--recipes", help="auto, NAME[,NAME...] (see `edgeship recipes`), or a recipe .yaml/.json."),
     max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop", help="Allowed metric drop, in the metric's units (0.01 = 1 point of accuracy)."),
     threads: int = typer.Option(2, "--threads", help="Intra-op threads for every measurement."),
-    objective: str = typer.Option("latency", "--objective", help="What `best` minimises: latency | size | accuracy."),
+    objective: str = typer.Option("latency", "--objective", help="What `best` minimises: latency | size | energy | accuracy."),
+    target: Optional[str] = typer.Option(None, "--target", help="Device profile id (see `edgeship targets`) or .toml: fit estimates and budget lines there."),
+    max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="Budget: latency on the target."),
+    max_memory_mb: Optional[float] = typer.Option(None, "--max-memory-mb", help="Budget: peak memory on the target."),
+    max_size_mb: Optional[float] = typer.Option(None, "--max-size-mb", help="Budget: model file size."),
+    max_energy_mj: Optional[float] = typer.Option(None, "--max-energy-mj", help="Budget: energy per inference on the target."),
+    request_rate: float = typer.Option(1.0, "--request-rate", help="Requests per second, for the idle share of energy."),
     seq_len: int = typer.Option(64, "--seq-len", help="Tokens per sentence for .txt data."),
     out: Path = typer.Option(Path("edgeship-out"), "--out", help="Report folder (replaced if it holds an earlier report)."),
 ) -> None:
@@ -110,18 +140,22 @@ def optimize(
 
     def work() -> Any:
         check_out_dir(out)
-        budget = edgeship.Budget(max_accuracy_drop=max_accuracy_drop)
+        budget = edgeship.Budget(max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,
+                                 max_memory_mb=max_memory_mb, max_size_mb=max_size_mb, max_energy_mj=max_energy_mj)
         settings = edgeship.EvalSettings(threads=threads, text_max_length=seq_len)
         plan = plan_optimization(model, data=data, eval_data=eval, metric=metric, recipes=recipes,
                                  budget=budget, settings=settings, objective=objective,  # type: ignore[arg-type]
-                                 train_data=train)
+                                 train_data=train, target=target, request_rate_hz=request_rate)
         progress, update = _progress_runner("optimizing")
         with progress:
             result = plan.run(update)
         result.report(out)
         return result
 
-    _print_results(_guard(work), out)
+    result = _guard(work)
+    _print_results(result, out)
+    if result.best is None:  # the report is written; the exit status tells scripts nothing fits
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -29,7 +29,7 @@ __all__ = [
     "evaluate_model",
 ]
 
-Objective = Literal["latency", "size", "accuracy"]
+Objective = Literal["latency", "size", "accuracy", "energy"]
 ProgressFn = Callable[[int, int, str], None]
 
 
@@ -41,12 +41,34 @@ class Budget:
     max_accuracy_drop: float = 0.01
     #: "faster" means at least this speedup, so that timing noise does not pass a candidate.
     min_speedup: float = 1.05
+    #: limits on the target device (estimates there; measurements when the target is `host`)
+    max_latency_ms: float | None = None
+    max_memory_mb: float | None = None
+    max_size_mb: float | None = None
+    max_energy_mj: float | None = None
 
     def __post_init__(self) -> None:
         if not self.max_accuracy_drop >= 0:
             raise ConfigError(f"max_accuracy_drop must be >= 0, got {self.max_accuracy_drop}.")
         if not self.min_speedup > 0:
             raise ConfigError(f"min_speedup must be > 0, got {self.min_speedup}.")
+        for name in ("max_latency_ms", "max_memory_mb", "max_size_mb", "max_energy_mj"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be > 0, got {value}.")
+
+    def device_lines(self) -> list[tuple[str, str, float]]:
+        """(budget line, figure key, limit in the figure's unit) for the device limits given."""
+        lines = [("max-latency-ms", "latency_ms", self.max_latency_ms),
+                 ("max-memory-mb", "peak_memory_bytes", self.max_memory_mb and self.max_memory_mb * 2**20),
+                 ("max-size-mb", "size_bytes", self.max_size_mb and self.max_size_mb * 2**20),
+                 ("max-energy-mj", "energy_mj", self.max_energy_mj)]
+        return [(name, key, float(limit)) for name, key, limit in lines if limit]
+
+    def check(self, figures: dict[str, float]) -> list[dict[str, Any]]:
+        """Each device budget line with the value, the limit and whether it holds."""
+        return [{"line": name, "value": figures[key], "limit": limit, "ok": figures[key] <= limit}
+                for name, key, limit in self.device_lines() if key in figures]
 
 
 @dataclass(frozen=True)
@@ -74,12 +96,14 @@ class EvalSettings:
 class Candidate:
     recipe: str
     steps: list[dict[str, Any]]
-    status: str = "ok"  # ok | rejected | failed
+    status: str = "ok"  # ok | rejected | skipped (estimate broke the budget) | failed
     reason: str = ""
     model: Model | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     pareto: bool = False
     path: str | None = None
+    fit: dict[str, Any] = field(default_factory=dict)
+    lost_because: str = ""
 
     @property
     def notes(self) -> list[str]:
@@ -100,6 +124,8 @@ class Candidate:
             "metrics": self.metrics,
             "pareto": self.pareto,
             "notes": self.notes,
+            "fit": self.fit,
+            "lost_because": self.lost_because,
         }
 
 
@@ -113,6 +139,9 @@ class OptimizeResult:
     settings: EvalSettings
     objective: str
     source: str
+    target: Any = None
+    closest: Candidate | None = None
+    closest_reason: str = ""
 
     def report(self, out_dir: Path | str) -> Path:
         """Write report.json, report.html, pareto.png, best.onnx and candidates/ into ``out_dir``."""
@@ -135,6 +164,10 @@ class OptimizeResult:
             "baseline": {"metrics": self.baseline.metrics},
             "candidates": [c.to_dict() for c in self.candidates],
             "best": self.best.recipe if self.best else None,
+            "target": self.target.to_dict() if self.target is not None else None,
+            "baseline_fit": self.baseline.fit,
+            "nothing_fits": None if self.best else {"closest": self.closest.recipe if self.closest else None,
+                                                    "why": self.closest_reason},
         }
 
 
@@ -201,6 +234,7 @@ def _choose(candidates: list[Candidate], metric: Metric, objective: str) -> Cand
         "latency": lambda c: (c.metrics["latency_ms_p50"], c.metrics["size_bytes"]),
         "size": lambda c: (c.metrics["size_bytes"], c.metrics["latency_ms_p50"]),
         "accuracy": lambda c: (sign * c.metrics[metric.name], c.metrics["latency_ms_p50"]),
+        "energy": lambda c: (c.fit.get("figures", {}).get("energy_mj", float("inf")), c.metrics["latency_ms_p50"]),
     }
     if objective not in keys:
         raise ConfigError(f"unknown objective {objective!r}; choose from {sorted(keys)}.")
@@ -223,8 +257,53 @@ def _gate(c: Candidate, base: dict[str, Any], metric: Metric, budget: Budget) ->
         reasons.append(
             f"{metric.name} drops by {m['metric_drop']:.4f}, more than the allowed {budget.max_accuracy_drop}"
         )
+    for line in c.fit.get("lines", []):
+        if not line["ok"]:
+            reasons.append(f"breaks {line['line']} on {c.fit['target']}: {_fmt_line(line)}")
     if reasons:
         c.status, c.reason = "rejected", "; ".join(reasons)
+
+
+def _fmt_line(line: dict[str, Any]) -> str:
+    if line["line"] in ("max-memory-mb", "max-size-mb"):
+        return f"{line['value'] / 2**20:.2f} MiB > {line['limit'] / 2**20:.2f} MiB"
+    unit = "ms" if line["line"] == "max-latency-ms" else "mJ"
+    return f"{line['value']:.4g} {unit} > {line['limit']:.4g} {unit}"
+
+
+def _fit(model: Model, plan: "OptimizationPlan", measured: dict[str, Any] | None) -> dict[str, Any]:
+    """Figures on the target (estimates; on `host`, the measurements where there are some)."""
+    from edgeship.targets.estimate import estimate
+
+    shapes = {k: v[:1].shape for k, v in plan.evaluation.inputs.items()}
+    est = estimate(model, plan.target, shapes, plan.settings.threads, plan.request_rate_hz,
+                   plan.budget.max_latency_ms)
+    figures = {"latency_ms": est["latency_ms"], "peak_memory_bytes": est["peak_memory_bytes"],
+               "size_bytes": model.size_bytes, "energy_mj": est["energy_mj"]}
+    source = "estimate"
+    if plan.target.measured and measured and "latency_ms_p50" in measured:
+        figures["latency_ms"] = measured["latency_ms_p50"]
+        figures["peak_memory_bytes"] = measured.get("peak_memory_bytes", figures["peak_memory_bytes"])
+        state = plan.target.max_state
+        active = state.power_w * figures["latency_ms"]
+        figures["energy_mj"] = active + plan.target.idle_power_w * max(0.0, 1000 / plan.request_rate_hz - figures["latency_ms"])
+        source = "measured on host (energy from the assumed host power)"
+    return {"target": plan.target.id, "source": source, "figures": figures, "lines": plan.budget.check(figures),
+            "estimate": est}
+
+
+def _violation(c: Candidate, budget: Budget, metric: Metric) -> tuple[float, str]:
+    """How far a candidate is from fitting (0 = fits), and the lines it breaks."""
+    worst, broken = 0.0, []
+    for line in c.fit.get("lines", []):
+        if not line["ok"]:
+            worst = max(worst, line["value"] / line["limit"] - 1)
+            broken.append(f"{line['line']} ({_fmt_line(line)})")
+    drop = c.metrics.get("metric_drop")
+    if drop is not None and drop > budget.max_accuracy_drop:
+        worst = max(worst, (drop - budget.max_accuracy_drop) / max(budget.max_accuracy_drop, 1e-3))
+        broken.append(f"max-accuracy-drop ({metric.name} drop {drop:.4f} > {budget.max_accuracy_drop})")
+    return worst, "; ".join(broken)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -245,6 +324,8 @@ class OptimizationPlan:
     budget: Budget
     settings: EvalSettings
     objective: str
+    target: Any = None  # edgeship.targets.Profile | None
+    request_rate_hz: float = 1.0
 
     @property
     def steps(self) -> int:
@@ -259,6 +340,8 @@ class OptimizationPlan:
         base_metrics, reference = evaluate_model(self.model, self.evaluation, metric, None, settings)
         baseline = Candidate("baseline", [], "ok", "", self.model, base_metrics)
         baseline.metrics.update(speedup=1.0, size_ratio=1.0, metric_drop=0.0)
+        if self.target is not None:
+            baseline.fit = _fit(self.model, self, base_metrics)
 
         candidates: list[Candidate] = []
         for i, recipe in enumerate(self.recipes, start=1):
@@ -270,32 +353,76 @@ class OptimizationPlan:
             try:
                 ctx = PassContext(scratch_dir(f"recipe-{i:02d}"), self.calibration, self.train, say)
                 cand.model = recipe.apply(self.model, ctx)
+                if self.target is not None:
+                    cand.fit = _fit(cand.model, self, None)
+                    broken = [line for line in cand.fit["lines"] if not line["ok"]]
+                    if broken and not self.target.measured:  # the estimate already breaks the budget
+                        cand.status = "skipped"
+                        cand.reason = "estimate breaks the budget before measuring: " + "; ".join(
+                            f"{line['line']} {_fmt_line(line)}" for line in broken)
+                        candidates.append(cand)
+                        continue
                 cand.metrics, _ = evaluate_model(cand.model, self.evaluation, metric, reference, settings)
             except Exception as exc:  # a failing recipe is recorded; the others still run
                 cand.status, cand.reason, cand.model = "failed", _one_line(exc), None
             candidates.append(cand)
 
-        measured = [baseline] + [c for c in candidates if c.status != "failed"]
+        measured = [baseline] + [c for c in candidates if c.status not in ("failed", "skipped")]
         notify(total - 1, total, f"timing {len(measured)} models in {settings.rounds} interleaved rounds")
         feeds = _first_sample(self.evaluation, settings.batch_size)
         sessions = [c.model.session(settings.threads) for c in measured]
         timings = measure_latencies(sessions, feeds, settings.warmup, settings.runs, settings.rounds)
         for c, timing in zip(measured, timings):
             c.metrics.update(timing)
+        for c in measured:
+            if self.target is not None and self.target.measured:
+                c.fit = _fit(c.model, self, c.metrics)  # `host`: the budget uses the measurements
         for c in candidates:
-            if c.status != "failed":
+            if c.status not in ("failed", "skipped"):
                 _gate(c, baseline.metrics, metric, self.budget)
         notify(total, total, "done")
 
         sign = -1.0 if metric.higher_is_better else 1.0
-        flags = _pareto(
-            [(sign * c.metrics[metric.name], c.metrics["latency_ms_p50"], c.metrics["size_bytes"]) for c in measured]
-        )
-        for c, flag in zip(measured, flags):
+
+        def point(c: Candidate) -> tuple[float, ...]:
+            p = (sign * c.metrics[metric.name], c.metrics["latency_ms_p50"], c.metrics["size_bytes"])
+            return p + ((c.fit["figures"]["energy_mj"],) if c.fit else ())
+
+        for c, flag in zip(measured, _pareto([point(c) for c in measured])):
             c.pareto = flag
         best = _choose(candidates, metric, self.objective)
-        return OptimizeResult(baseline, candidates, best, metric, self.budget, settings, self.objective,
-                              self.model.source)
+        result = OptimizeResult(baseline, candidates, best, metric, self.budget, settings, self.objective,
+                                self.model.source, self.target)
+        _explain(result)
+        return result
+
+
+def _explain(result: OptimizeResult) -> None:
+    """Why each candidate lost to the best; or, when nothing fits, which came closest."""
+    best, objective = result.best, result.objective
+    keys = {"latency": ("latency_ms_p50", "ms"), "size": ("size_bytes", "bytes"), "energy": (None, "mJ"),
+            "accuracy": (result.metric.name, "")}
+    for c in result.candidates:
+        if c is best:
+            continue
+        if c.status != "ok" or best is None:
+            c.lost_because = c.reason or c.status
+            continue
+        key, unit = keys[objective]
+        ours = c.fit["figures"]["energy_mj"] if key is None else c.metrics[key]
+        theirs = best.fit["figures"]["energy_mj"] if key is None else best.metrics[key]
+        c.lost_because = (f"meets every budget line, but its {objective} ({ours:.4g} {unit}) is worse than "
+                          f"{best.recipe}'s ({theirs:.4g} {unit})").replace(" )", ")")
+    if best is None:
+        contenders = [c for c in result.candidates if c.status in ("ok", "rejected", "skipped")]
+        scored = [(*_violation(c, result.budget, result.metric), c) for c in contenders]
+        fitting_lines = [s for s in scored if s[1]]
+        if fitting_lines:
+            score, why, closest = min(fitting_lines, key=lambda s: s[0])
+            result.closest, result.closest_reason = closest, why
+        elif contenders:
+            result.closest = contenders[0]
+            result.closest_reason = contenders[0].reason
 
 
 def plan_optimization(
@@ -308,14 +435,24 @@ def plan_optimization(
     settings: EvalSettings | None = None,
     objective: Objective = "latency",
     train_data: Any = None,
+    target: Any = None,
+    request_rate_hz: float = 1.0,
 ) -> OptimizationPlan:
     """Load and check the model, data, metric and recipes; raise on bad input. See :func:`optimize`."""
     from edgeship.importers import load
 
     budget = budget or Budget()
     settings = settings or EvalSettings()
-    if objective not in ("latency", "size", "accuracy"):
-        raise ConfigError(f"unknown objective {objective!r}; choose latency, size or accuracy.")
+    if objective not in ("latency", "size", "accuracy", "energy"):
+        raise ConfigError(f"unknown objective {objective!r}; choose latency, size, energy or accuracy.")
+    profile = None
+    if target is not None:
+        from edgeship.targets import load_profile
+
+        profile = load_profile(target)
+    elif budget.device_lines() or objective == "energy":
+        raise ConfigError("device budget lines (--max-latency-ms, --max-memory-mb, --max-size-mb, --max-energy-mj) "
+                          "and --objective energy need --target; see `edgeship targets`.")
     model = load(model)
     calibration = load_data(data, model, settings.text_max_length)
     if eval_data is None:
@@ -339,7 +476,8 @@ def plan_optimization(
         except EdgeshipError:
             if explicit:  # the user asked for it by name: say why it cannot run
                 raise
-    return OptimizationPlan(model, calibration, evaluation, train, metric, plan, budget, settings, objective)
+    return OptimizationPlan(model, calibration, evaluation, train, metric, plan, budget, settings, objective,
+                            profile, request_rate_hz)
 
 
 def optimize(
@@ -353,6 +491,8 @@ def optimize(
     objective: Objective = "latency",
     progress: ProgressFn | None = None,
     train_data: Any = None,
+    target: Any = None,
+    request_rate_hz: float = 1.0,
 ) -> OptimizeResult:
     """Try each recipe on ``model``, measure every candidate, and pick the best that passes.
 
@@ -368,6 +508,11 @@ def optimize(
         progress: called as ``progress(done, total, label)``.
         train_data: labelled training data (.npz, dict, Dataset) for pruning fine-tunes and
             distillation; with it, ``auto`` also tries pruning and distillation chains.
+        target: a device profile id or .toml: every candidate gets a fit estimate there, the
+            budget's device lines apply to it, and candidates whose estimate already breaks
+            them are skipped before they are measured.
+        request_rate_hz: requests per second, for the idle share of energy per inference.
     """
-    plan = plan_optimization(model, data, eval_data, metric, recipes, budget, settings, objective, train_data)
+    plan = plan_optimization(model, data, eval_data, metric, recipes, budget, settings, objective, train_data,
+                             target, request_rate_hz)
     return plan.run(progress)

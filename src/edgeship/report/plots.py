@@ -28,7 +28,7 @@ def pareto_plot(result: Any, path: Path) -> None:
 
     metric = result.metric.name
     sign = 1.0 if result.metric.higher_is_better else -1.0
-    rows = [result.baseline] + [c for c in result.candidates if c.status != "failed"]
+    rows = [result.baseline] + [c for c in result.candidates if c.metrics]  # failed and skipped have none
     largest = max(c.metrics["size_bytes"] for c in rows)
     base = result.baseline.metrics[metric]
     allowed = base - sign * result.budget.max_accuracy_drop

@@ -59,7 +59,10 @@ def render_html(result: Any, png: bytes) -> str:
         for r in rows
     )
     best = result.best.recipe if result.best else "none passed the gate"
+    if result.best is None and getattr(result, "closest", None) is not None:
+        best += f" (closest: {result.closest.recipe}, which breaks {result.closest_reason})"
     image = base64.b64encode(png).decode("ascii")
+    fit_html = _fit_html(result)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>edgeship report</title>
 <style>
@@ -75,8 +78,41 @@ tr.rejected td,tr.failed td{{color:#888}} tr.baseline td{{font-weight:600}}
 than the allowed drop. Latency is measured on this machine.</p>
 <table><tr>{head}</tr>{body}</table>
 <h2>Pareto plot</h2><img alt="metric against latency" src="data:image/png;base64,{image}">
+{fit_html}
 </body></html>
 """
+
+
+def _fit_html(result: Any) -> str:
+    """The fit table on the target (pass/fail per budget line) and the best model's DVFS states."""
+    if getattr(result, "target", None) is None:
+        return ""
+    lines = [name for name, _, _ in result.budget.device_lines()]
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in
+                   ["recipe", "latency ms", "peak memory", "size", "energy mJ", *lines, "source", "why it lost"])
+    rows = []
+    for c in [result.baseline, *result.candidates]:
+        if not c.fit:
+            continue
+        f = c.fit["figures"]
+        marks = {line["line"]: ("pass" if line["ok"] else "FAIL") for line in c.fit["lines"]}
+        cells = [c.recipe, f"{f['latency_ms']:.3g}", fmt_bytes(f["peak_memory_bytes"]), fmt_bytes(f["size_bytes"]),
+                 f"{f['energy_mj']:.4g}", *(marks.get(line, "-") for line in lines), c.fit["source"],
+                 "" if c is result.baseline else c.lost_because]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in cells) + "</tr>")
+    chosen = result.best or result.baseline
+    states = chosen.fit.get("estimate", {}).get("dvfs", []) if chosen.fit else []
+    dvfs = "".join(
+        f"<tr><td>{html.escape(s['state'])}</td><td>{s['freq_ghz']:g}</td><td>{s['latency_ms']:.3g}</td>"
+        f"<td>{s['active_energy_mj']:.3g}</td><td>{s['energy_mj']:.4g}</td><td>{'yes' if s['meets_latency'] else 'no'}</td></tr>"
+        for s in states
+    )
+    return (f"<h2>Fit on {html.escape(result.target.id)}</h2><p>{html.escape(result.target.name)}. Figures are "
+            "estimates from the device profile, except where the source says measured.</p>"
+            f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+            f"<h2>DVFS states and energy ({html.escape(chosen.recipe)})</h2><table><tr><th>state</th><th>GHz</th>"
+            "<th>latency ms</th><th>active mJ</th><th>mJ per inference incl. idle</th><th>meets latency</th></tr>"
+            f"{dvfs}</table>")
 
 
 def _copy_model(model: Any, dest: Path) -> None:

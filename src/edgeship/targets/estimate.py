@@ -95,10 +95,13 @@ def graph_cost(path: Path | str, shapes: dict[str, tuple[int, ...]] | None = Non
             return source_init(node.input[0])
         return None
 
+    graph_io = {v.name for v in [*graph.input, *graph.output]}
     nodes, prepacked = [], 0
     for node in graph.node:
-        if node.op_type in _FUSED_AWAY:
-            continue
+        at_boundary = any(n in graph_io for n in [*node.input, *node.output])
+        if node.op_type in _FUSED_AWAY and not (node.op_type != "Identity" and at_boundary and
+                                                 not all(i in inits for i in node.input if i)):
+            continue  # fused into the quantized kernels; the input Quantize and output Dequantize do run
         macs = node_macs(node, value_shapes, producers)
         weight = source_init(node.input[1]) if len(node.input) > 1 else None
         dequantized = len(node.input) > 1 and node.input[1] not in inits and weight is not None
@@ -167,12 +170,13 @@ def _op_rates(profile: Profile) -> dict[str, float]:
     return {op: rate / host.fp32_macs_per_cycle for op, rate in measured.items()}
 
 
-def _dispatch_cycles(profile: Profile) -> float:
-    """Per-node cost measured on the host; the same runtime spends the same cycles elsewhere."""
+def _dispatch_cycles(profile: Profile) -> tuple[float, dict[str, float]]:
+    """Per-node cost, and per-call cost of ops with more set-up, measured on the host; the same
+    runtime spends about the same cycles elsewhere."""
     from edgeship.targets.host import host_profile
 
     host = profile if profile.measured else host_profile()
-    return float(host.extra.get("dispatch_cycles", DISPATCH_CYCLES))
+    return float(host.extra.get("dispatch_cycles", DISPATCH_CYCLES)), host.extra.get("op_overhead_cycles", {})
 
 
 def _latency_s(cost: GraphCost, profile: Profile, state: DvfsState, threads: int, eff: tuple[float, float]) -> float:
@@ -182,14 +186,14 @@ def _latency_s(cost: GraphCost, profile: Profile, state: DvfsState, threads: int
     # memory bandwidth is shared; it does not scale with the CPU clock
     bandwidth = profile.mem_bandwidth_gbs * 1e9
     slow = _op_rates(profile)
-    dispatch = _dispatch_cycles(profile)
+    dispatch, op_overhead = _dispatch_cycles(profile)
     total = 0.0
     for n in cost.nodes:
         per_cycle = (profile.int8_macs_per_cycle * eff[1]) if n.int8 else (profile.fp32_macs_per_cycle * eff[0])
         if n.op in slow:
             per_cycle = profile.fp32_macs_per_cycle * eff[0] * slow[n.op]
         compute = n.macs / (per_cycle * hz * cores) if n.macs else 0.0
-        total += max(compute, n.bytes_moved / bandwidth) + dispatch / hz
+        total += max(compute, n.bytes_moved / bandwidth) + max(dispatch, op_overhead.get(n.op, 0.0)) / hz
     return total
 
 

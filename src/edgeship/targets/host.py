@@ -21,7 +21,7 @@ from edgeship.targets.profiles import Profile, profile_from_dict
 
 __all__ = ["host_profile", "host_peak_macs_per_cycle", "cache_path"]
 
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 # Assumed power of one busy x86 server core and the idle share, for energy on `host` only.
 ASSUMED_CORE_POWER_W = 6.0
 ASSUMED_IDLE_POWER_W = 5.0
@@ -114,6 +114,38 @@ def _measure_dispatch_cycles(freq_ghz: float, nodes: int = 200) -> float:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     seconds = _time_session(model, {"t0": np.ones((1, 16), np.float32)})
     return seconds / nodes * freq_ghz * 1e9
+
+
+def _conv_models(c: int, hw: int) -> tuple[Any, Any, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """An fp32 Conv and an int8 QLinearConv, c -> c channels, 3x3, on an hw x hw map."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    shape = [1, c, hw, hw]
+    wf = numpy_helper.from_array(rng.standard_normal((c, c, 3, 3)).astype(np.float32), "w")
+    conv = helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], [wf]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    w8 = numpy_helper.from_array(rng.integers(-127, 127, (c, c, 3, 3)).astype(np.int8), "w")
+    q = [numpy_helper.from_array(np.array(v, dtype=d), n) for n, v, d in [
+        ("xs", 0.02, np.float32), ("xz", 128, np.uint8), ("ws", [0.01] * c, np.float32),
+        ("wz", [0] * c, np.int8), ("ys", 0.05, np.float32), ("yz", 128, np.uint8)]]
+    qconv = helper.make_model(helper.make_graph(
+        [helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], pads=[1, 1, 1, 1])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, shape)], [w8, *q]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    return conv, qconv, {"x": rng.standard_normal(shape).astype(np.float32)}, {
+        "x": rng.integers(0, 255, shape).astype(np.uint8)}
+
+
+def _measure_conv_overheads(freq_ghz: float) -> dict[str, float]:
+    """Fixed cycles per call of Conv and QLinearConv, from a tiny layer (8 channels, 4x4)."""
+    conv, qconv, f32, f8 = _conv_models(8, 4)
+    hz = freq_ghz * 1e9
+    return {"Conv": _time_session(conv, f32, 0.3) * hz, "QLinearConv": _time_session(qconv, f8, 0.3) * hz}
 
 
 def _measure_slow_kernels(freq_ghz: float) -> dict[str, float]:
@@ -217,6 +249,7 @@ def measure_host() -> dict[str, Any]:
         "measured": True, "host_peak_fp32_macs_per_cycle": peak32, "host_peak_int8_macs_per_cycle": peak8,
         "op_macs_per_cycle": slow,
         "dispatch_cycles": round(_measure_dispatch_cycles(freq), 1),
+        "op_overhead_cycles": {k: round(v, 1) for k, v in _measure_conv_overheads(freq).items()},
         "sources": {
             "cores": "os.cpu_count()",
             "fp32_macs_per_cycle": "measured: ONNX Runtime MatMul 256x512x512, 1 thread",
