@@ -85,8 +85,9 @@ _DYNAMIC_OPS = {"MatMul", "Gemm", "Conv", "Attention", "Gather", "EmbedLayerNorm
 class QuantizeDynamic(PassConfig):
     """Int8 weights, activations quantized on the fly (``onnxruntime.quantization.quantize_dynamic``).
 
-    ``per_channel`` keeps one scale per output channel: on AVX2 CPUs without VNNI this
-    avoids most of the accuracy lost to U8S8 saturation at a small speed cost.
+    ``per_channel`` keeps one scale per output channel: on MiniLM it recovers most of the
+    accuracy that per-tensor scales lose (cosine 0.99 against 0.97) at a small speed cost.
+    ``reduce_range`` (7-bit weights) is ORT's remedy for U8S8 saturation on CPUs without VNNI.
     """
 
     name = "quantize_dynamic"
