@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_quantization.py
 	$(PY) benchmarks/bench_compression.py
 	$(PY) benchmarks/bench_estimates.py
+	$(PY) benchmarks/bench_search.py
 
 clean:
 	rm -rf $(VENV) edgeship-out build src/*.egg-info

@@ -130,6 +130,8 @@ def optimize(
     max_size_mb: Optional[float] = typer.Option(None, "--max-size-mb", help="Budget: model file size."),
     max_energy_mj: Optional[float] = typer.Option(None, "--max-energy-mj", help="Budget: energy per inference on the target."),
     request_rate: float = typer.Option(1.0, "--request-rate", help="Requests per second, for the idle share of energy."),
+    executor: str = typer.Option("process", "--executor", help="Where candidates are built: process (local pool) | local | ray."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster for --executor ray (default: start a local one)."),
     seq_len: int = typer.Option(64, "--seq-len", help="Tokens per sentence for .txt data."),
     out: Path = typer.Option(Path("edgeship-out"), "--out", help="Report folder (replaced if it holds an earlier report)."),
 ) -> None:
@@ -145,7 +147,8 @@ def optimize(
         settings = edgeship.EvalSettings(threads=threads, text_max_length=seq_len)
         plan = plan_optimization(model, data=data, eval_data=eval, metric=metric, recipes=recipes,
                                  budget=budget, settings=settings, objective=objective,  # type: ignore[arg-type]
-                                 train_data=train, target=target, request_rate_hz=request_rate)
+                                 train_data=train, target=target, request_rate_hz=request_rate,
+                                 executor=executor, ray_address=ray_address)
         progress, update = _progress_runner("optimizing")
         with progress:
             result = plan.run(update)

@@ -326,6 +326,7 @@ class OptimizationPlan:
     objective: str
     target: Any = None  # edgeship.targets.Profile | None
     request_rate_hz: float = 1.0
+    executor: Any = None  # see edgeship.executors; None = a local process pool
 
     @property
     def steps(self) -> int:
@@ -335,6 +336,10 @@ class OptimizationPlan:
     def run(self, progress: ProgressFn | None = None) -> OptimizeResult:
         """Build and measure every candidate, gate them, and choose the best."""
         notify = progress or (lambda done, total, label: None)
+        if self.executor is None:
+            from edgeship.executors import make_executor
+
+            self.executor = make_executor("process")
         settings, metric, total = self.settings, self.metric, self.steps
         notify(0, total, "baseline")
         base_metrics, reference = evaluate_model(self.model, self.evaluation, metric, None, settings)
@@ -343,16 +348,23 @@ class OptimizationPlan:
         if self.target is not None:
             baseline.fit = _fit(self.model, self, base_metrics)
 
-        candidates: list[Candidate] = []
-        for i, recipe in enumerate(self.recipes, start=1):
-            notify(i, total, recipe.name)
-            cand = Candidate(recipe.name, [s.to_dict() for s in recipe.steps])
-            def say(text: str, i: int = i) -> None:
-                notify(i, total, text)
+        # build every candidate (in parallel, on the executor), then measure them here
+        candidates = [Candidate(r.name, [s.to_dict() for s in r.steps]) for r in self.recipes]
+        jobs = [(i, r, self.model, self.calibration, self.train, scratch_dir(f"recipe-{i:02d}"))
+                for i, r in enumerate(self.recipes)]
+        built: dict[int, Any] = {}
 
+        def say(index: int, text: str) -> None:
+            notify(len(built), total, f"{self.recipes[index].name}: {text}")
+
+        for index, outcome in self.executor.run(jobs, say):
+            built[index] = outcome
+            notify(len(built), total, f"built {self.recipes[index].name}")
+        for cand, index in zip(candidates, range(len(candidates))):
             try:
-                ctx = PassContext(scratch_dir(f"recipe-{i:02d}"), self.calibration, self.train, say)
-                cand.model = recipe.apply(self.model, ctx)
+                if isinstance(built[index], BaseException):
+                    raise built[index]
+                cand.model = built[index]
                 if self.target is not None:
                     cand.fit = _fit(cand.model, self, None)
                     broken = [line for line in cand.fit["lines"] if not line["ok"]]
@@ -360,12 +372,11 @@ class OptimizationPlan:
                         cand.status = "skipped"
                         cand.reason = "estimate breaks the budget before measuring: " + "; ".join(
                             f"{line['line']} {_fmt_line(line)}" for line in broken)
-                        candidates.append(cand)
                         continue
+                notify(len(built), total, f"measuring {cand.recipe}")
                 cand.metrics, _ = evaluate_model(cand.model, self.evaluation, metric, reference, settings)
             except Exception as exc:  # a failing recipe is recorded; the others still run
                 cand.status, cand.reason, cand.model = "failed", _one_line(exc), None
-            candidates.append(cand)
 
         measured = [baseline] + [c for c in candidates if c.status not in ("failed", "skipped")]
         notify(total - 1, total, f"timing {len(measured)} models in {settings.rounds} interleaved rounds")
@@ -437,6 +448,8 @@ def plan_optimization(
     train_data: Any = None,
     target: Any = None,
     request_rate_hz: float = 1.0,
+    executor: Any = "process",
+    ray_address: str | None = None,
 ) -> OptimizationPlan:
     """Load and check the model, data, metric and recipes; raise on bad input. See :func:`optimize`."""
     from edgeship.importers import load
@@ -476,8 +489,10 @@ def plan_optimization(
         except EdgeshipError:
             if explicit:  # the user asked for it by name: say why it cannot run
                 raise
+    from edgeship.executors import make_executor
+
     return OptimizationPlan(model, calibration, evaluation, train, metric, plan, budget, settings, objective,
-                            profile, request_rate_hz)
+                            profile, request_rate_hz, make_executor(executor, ray_address))
 
 
 def optimize(
@@ -493,6 +508,8 @@ def optimize(
     train_data: Any = None,
     target: Any = None,
     request_rate_hz: float = 1.0,
+    executor: Any = "process",
+    ray_address: str | None = None,
 ) -> OptimizeResult:
     """Try each recipe on ``model``, measure every candidate, and pick the best that passes.
 
@@ -512,7 +529,9 @@ def optimize(
             budget's device lines apply to it, and candidates whose estimate already breaks
             them are skipped before they are measured.
         request_rate_hz: requests per second, for the idle share of energy per inference.
+        executor: where candidates are built: ``"process"`` (a local process pool, default),
+            ``"local"`` (this process) or ``"ray"`` (Ray tasks; ``ray_address`` names a cluster).
     """
     plan = plan_optimization(model, data, eval_data, metric, recipes, budget, settings, objective, train_data,
-                             target, request_rate_hz)
+                             target, request_rate_hz, executor, ray_address)
     return plan.run(progress)

@@ -69,28 +69,61 @@ def _pooling_config(model_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-def _sentence_wrapper(encoder: Any, pooling: dict[str, Any]) -> Any:
+class _LazyModules:
+    """Module-level (so picklable, for worker processes) wrappers, built on first use."""
+
+    _classes: dict[str, Any] = {}
+
+    @classmethod
+    def get(cls, name: str) -> Any:
+        if name not in cls._classes:
+            cls._classes.update(_define_wrappers())
+        return cls._classes[name]
+
+
+def _define_wrappers() -> dict[str, Any]:
     import torch
 
-    class SentenceEmbedding(torch.nn.Module):
-        def __init__(self) -> None:
+    global SentenceEmbedding, LastHiddenState
+
+    class SentenceEmbedding(torch.nn.Module):  # type: ignore[no-redef]
+        """Encoder + pooling (+ L2 normalization): the output is the sentence embedding."""
+
+        def __init__(self, encoder: Any, mode: str, normalize: bool) -> None:
             super().__init__()
-            self.encoder = encoder
+            self.encoder, self.mode, self.normalize = encoder, mode, normalize
 
         def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
             hidden = self.encoder(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             ).last_hidden_state
-            if pooling["mode"] == "cls":
+            if self.mode == "cls":
                 emb = hidden[:, 0]
             else:
                 mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
                 emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            if pooling["normalize"]:
+            if self.normalize:
                 emb = torch.nn.functional.normalize(emb, p=2.0, dim=1)
             return emb
 
-    return SentenceEmbedding().eval()
+    class LastHiddenState(torch.nn.Module):  # type: ignore[no-redef]
+        def __init__(self, encoder: Any) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
+            return self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                token_type_ids=token_type_ids).last_hidden_state
+
+    SentenceEmbedding.__qualname__ = "SentenceEmbedding"
+    LastHiddenState.__qualname__ = "LastHiddenState"
+    return {"SentenceEmbedding": SentenceEmbedding, "LastHiddenState": LastHiddenState}
+
+
+def __getattr__(name: str) -> Any:  # pickle looks the classes up here by name
+    if name in ("SentenceEmbedding", "LastHiddenState"):
+        return _LazyModules.get(name)
+    raise AttributeError(name)
 
 
 def load_hf_dir(model_dir: Path | str, seq_len: int = DEFAULT_SEQ_LEN) -> Model:
@@ -125,19 +158,11 @@ def load_hf_dir(model_dir: Path | str, seq_len: int = DEFAULT_SEQ_LEN) -> Model:
     args = tuple(example[n].to(torch.int64) for n in names)
     pooling = _pooling_config(model_dir)
     if pooling is not None:
-        module, outputs = _sentence_wrapper(encoder, pooling), ["sentence_embedding"]
+        wrapper = _LazyModules.get("SentenceEmbedding")
+        module, outputs = wrapper(encoder, pooling["mode"], pooling["normalize"]).eval(), ["sentence_embedding"]
         axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"sentence_embedding": {0: "batch"}}
     else:
-        class LastHidden(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.encoder = encoder
-
-            def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
-                return self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                                    token_type_ids=token_type_ids).last_hidden_state
-
-        module, outputs = LastHidden().eval(), ["last_hidden_state"]
+        module, outputs = _LazyModules.get("LastHiddenState")(encoder).eval(), ["last_hidden_state"]
         axes = {n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]}
     path = scratch_dir("hf") / "model.onnx"
     export_onnx(module, args, path, names, outputs, axes)
