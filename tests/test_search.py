@@ -86,3 +86,12 @@ def test_cli_nothing_fits_exits_1_and_still_writes_the_report(cnn_onnx, cnn_data
     assert report["target"]["id"] == "raspberry-pi-4"
     html = (out / "report.html").read_text()
     assert "Fit on raspberry-pi-4" in html and "DVFS states" in html and "FAIL" in html
+
+
+def test_report_has_energy_plot_with_a_target(cnn_onnx, cnn_data, tmp_path):
+    result = edgeship.optimize(cnn_onnx, data=cnn_data["calib"], eval_data=cnn_data["eval"], recipes="static-int8-minmax",
+                               budget=edgeship.Budget(max_accuracy_drop=0.03, min_speedup=0.01), settings=FAST,
+                               target="raspberry-pi-5")
+    out = result.report(tmp_path / "out")
+    assert (out / "pareto_energy.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Quality against energy on the target" in (out / "report.html").read_text()

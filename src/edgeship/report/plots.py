@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["pareto_plot"]
+__all__ = ["pareto_plot", "energy_plot"]
 
 _COLORS = {"baseline": "#444444", "ok": "#1f77b4", "rejected": "#bbbbbb"}
 
@@ -69,3 +69,35 @@ def pareto_plot(result: Any, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def energy_plot(result: Any, path: Path) -> bool:
+    """Task metric against energy per inference on the target; False when there is no target."""
+    rows = [c for c in [result.baseline, *result.candidates] if c.metrics and c.fit]
+    if getattr(result, "target", None) is None or not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = result.metric.name
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=110)
+    for i, c in enumerate(rows):
+        kind = "baseline" if c is result.baseline else c.status
+        x, y = c.fit["figures"]["energy_mj"], c.metrics[metric]
+        ax.scatter(x, y, s=120, c=_COLORS.get(kind, "#bbbbbb"), alpha=0.8, zorder=3,
+                   edgecolors="#d62728" if c.pareto else "none", linewidths=2)
+        ax.annotate(c.recipe + (" (best)" if result.best is c else ""), (x, y), textcoords="offset points",
+                    xytext=(8, 8 - 11 * (i % 3)), fontsize=8)
+    if result.budget.max_energy_mj:
+        ax.axvline(result.budget.max_energy_mj, color="#2ca02c", ls=":", lw=1, label="max-energy-mj")
+        ax.legend(loc="best", fontsize=8)
+    ax.set_xlabel(f"energy per inference on {result.target.id} (mJ; {rows[-1].fit['source']})")
+    ax.set_ylabel(metric)
+    ax.set_title("quality against energy on the target; red ring = Pareto-optimal", fontsize=8)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgeship.report.plots import pareto_plot
+from edgeship.report.plots import energy_plot, pareto_plot
 
 __all__ = ["write_report", "render_html", "fmt_bytes", "check_out_dir"]
 
@@ -51,7 +51,7 @@ def table_rows(result: Any) -> list[dict[str, str]]:
     return rows
 
 
-def render_html(result: Any, png: bytes) -> str:
+def render_html(result: Any, png: bytes, energy_png: bytes | None = None) -> str:
     rows = table_rows(result)
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
     body = "".join(
@@ -63,6 +63,9 @@ def render_html(result: Any, png: bytes) -> str:
         best += f" (closest: {result.closest.recipe}, which breaks {result.closest_reason})"
     image = base64.b64encode(png).decode("ascii")
     fit_html = _fit_html(result)
+    if energy_png:
+        fit_html += ('<h2>Quality against energy on the target</h2><img alt="metric against energy" '
+                     f'src="data:image/png;base64,{base64.b64encode(energy_png).decode("ascii")}">')
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>edgeship report</title>
 <style>
@@ -147,8 +150,10 @@ def write_report(result: Any, out_dir: Path) -> Path:
         if result.best is not None:
             _copy_model(result.best.model, tmp / "best.onnx")
         pareto_plot(result, tmp / "pareto.png")
+        energy_png = (tmp / "pareto_energy.png").read_bytes() if energy_plot(result, tmp / "pareto_energy.png") else None
         (tmp / "report.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
-        (tmp / "report.html").write_text(render_html(result, (tmp / "pareto.png").read_bytes()), encoding="utf-8")
+        (tmp / "report.html").write_text(render_html(result, (tmp / "pareto.png").read_bytes(), energy_png),
+                                         encoding="utf-8")
         old = None
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
