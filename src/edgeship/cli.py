@@ -309,6 +309,107 @@ def demo(
     _print_results(_guard(work), out)
 
 
+@app.command()
+def keygen(
+    out: Path = typer.Option(..., "--out", help="Folder for signing.key (mode 0600) and signing.pub."),
+    content_key: bool = typer.Option(False, "--content-key", help="Also write content.key, 256 bits for encryption."),
+) -> None:
+    """Make an Ed25519 signing key pair (and, on request, a content key)."""
+    from edgeship.bundle.keys import generate_keys
+
+    paths = _guard(lambda: generate_keys(out, content_key))
+    for kind, path in paths.items():
+        console.print(f"{kind:8s} {path}", highlight=False)
+
+
+@app.command()
+def pack(
+    model: Path = typer.Argument(..., help="An .onnx file or an `edgeship optimize` output folder (packs best.onnx)."),
+    name: str = typer.Option(..., "--name", help="Bundle name, e.g. digits-cnn."),
+    version: int = typer.Option(..., "--version", help="Integer version; devices refuse lower ones."),
+    sign_key: Path = typer.Option(..., "--sign-key", help="signing.key from `edgeship keygen`."),
+    out: Path = typer.Option(..., "-o", "--out", help="The .edgeship file to write."),
+    encrypt_key: Optional[Path] = typer.Option(None, "--encrypt-key", help="content.key: encrypt the model (AES-256-GCM)."),
+    target: Optional[str] = typer.Option(None, "--target", help="The device profile this bundle is for."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="A text file with one class label per line."),
+) -> None:
+    """Pack a model into one signed (optionally encrypted) bundle with a manifest."""
+    from edgeship.bundle.pack import pack as pack_bundle
+
+    def work() -> Path:
+        label_list = None
+        if labels is not None:
+            try:
+                label_list = [l.strip() for l in labels.read_text().splitlines() if l.strip()]
+            except OSError as exc:
+                raise EdgeshipError(f"cannot read --labels {str(labels)!r}: {exc.strerror}.") from None
+        return pack_bundle(model, name, version, sign_key, out, encrypt_key, target, label_list)
+
+    path = _guard(work)
+    console.print(f"packed {name} v{version} -> {path} ({path.stat().st_size:,} bytes)", highlight=False)
+
+
+@app.command()
+def verify(
+    bundle: Path = typer.Argument(..., help="A .edgeship file."),
+    trust: list[Path] = typer.Option(..., "--trust", help="Trusted public key(s), signing.pub."),
+    decrypt_key: Optional[Path] = typer.Option(None, "--decrypt-key", help="content.key, for encrypted bundles."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Where this device remembers accepted versions."),
+    allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Accept a version lower than one accepted before."),
+) -> None:
+    """Check signature, digests, format, version (anti-rollback) and decryption."""
+    from edgeship.bundle.format import verify_bundle
+    from edgeship.bundle.keys import load_content_key, load_public_keys
+
+    def work() -> Any:
+        key = load_content_key(decrypt_key) if decrypt_key else None
+        return verify_bundle(bundle, load_public_keys(list(trust)), key, state_dir, allow_downgrade)
+
+    verified = _guard(work)
+    m = verified.manifest
+    console.print(f"verified {m['name']} v{m['version']} ({'encrypted' if m['encryption'] else 'plain'}, "
+                  f"created {m['created']}, model sha256 {m['model_sha256'][:16]}...)", highlight=False)
+
+
+@app.command()
+def run(
+    bundle: Path = typer.Argument(..., help="A .edgeship file."),
+    input: Path = typer.Option(..., "--input", help="An .npz with one array per model input."),
+    trust: list[Path] = typer.Option(..., "--trust", help="Trusted public key(s)."),
+    decrypt_key: Optional[Path] = typer.Option(None, "--decrypt-key", help="content.key, for encrypted bundles."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write the outputs to this .npz."),
+    threads: int = typer.Option(2, "--threads", help="Intra-op threads."),
+) -> None:
+    """Verify a bundle, self-test it, and run one prediction."""
+    import numpy as np
+
+    from edgeship.runtime import Runtime
+
+    def work() -> Any:
+        from edgeship.errors import DataMismatchError
+
+        try:
+            with np.load(input, allow_pickle=False) as archive:
+                inputs = {k: archive[k] for k in archive.files}
+        except (OSError, ValueError) as exc:
+            raise DataMismatchError(f"cannot read --input {str(input)!r} as an .npz without pickles: {exc}.") from None
+        runtime = Runtime.open(bundle, [str(t) for t in trust], decrypt_key, threads)
+        outputs = runtime.predict(inputs)
+        if output is not None:
+            from edgeship._workspace import atomic_write_bytes
+            import io
+
+            buffer = io.BytesIO()
+            np.savez(buffer, **outputs)
+            atomic_write_bytes(output, buffer.getvalue())
+        return outputs
+
+    outputs = _guard(work)
+    for name, value in outputs.items():
+        console.print(f"{name}: shape {list(value.shape)}, dtype {value.dtype}, "
+                      f"first values {np.round(value.reshape(-1)[:5], 4).tolist()}", highlight=False)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,203 @@
+"""The .edgeship bundle format, and verification before load (like secure boot).
+
+A bundle is a zip archive with exactly these members (stored, not compressed):
+
+- ``manifest.json``: format, name, integer version, creation time, I/O signature, labels,
+  target, lineage, metrics, the self-test tolerance, encryption parameters, and the sha256
+  and size of every other member;
+- ``manifest.sig``: an Ed25519 signature over the exact bytes of ``manifest.json``;
+- ``model.onnx``, or ``model.onnx.enc`` (AES-256-GCM, associated data ``name`` and
+  ``version``, so a ciphertext cannot be moved into another bundle);
+- ``selftest.npz``: a reference input and its expected output.
+
+This follows the OpenSSF model-signing idea (per-file digests in one signed manifest) with
+a plain Ed25519 signature instead of a Sigstore bundle: devices verify offline, against keys
+they ship with, with no transparency log to reach. Verification reads nothing it has not
+bounded: member names are an exact set, sizes are capped, the signature is checked before
+the manifest is parsed, and every digest before any member is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeship.errors import EdgeshipError
+
+__all__ = ["BundleError", "VerifiedBundle", "verify_bundle", "FORMAT", "FORMAT_VERSION", "MAX_MEMBER_BYTES"]
+
+FORMAT = "edgeship.bundle"
+FORMAT_VERSION = 1
+MAX_MEMBER_BYTES = 4 << 30  # 4 GiB: larger members are refused before they are read
+MAX_MANIFEST_BYTES = 4 << 20
+NONCE_BYTES = 12
+
+
+class BundleError(EdgeshipError):
+    """The bundle is not authentic, not intact, not decryptable, or not allowed (rollback)."""
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    """A bundle whose signature, digests and version were checked; model bytes in memory only."""
+
+    manifest: dict[str, Any]
+    model_bytes: bytes
+    selftest: dict[str, np.ndarray]
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def version(self) -> int:
+        return int(self.manifest["version"])
+
+
+def aad(name: str, version: int) -> bytes:
+    """Associated data that binds a ciphertext to its bundle's name and version."""
+    return json.dumps({"name": name, "version": int(version)}, sort_keys=True).encode()
+
+
+def _read_members(path: Path) -> dict[str, bytes]:
+    try:
+        archive = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise BundleError(f"bundle not found: {str(path)!r}.") from None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise BundleError(f"{str(path)!r} is not a readable bundle (truncated or not an .edgeship file: {exc}).") from None
+    with archive:
+        infos = archive.infolist()
+        names = [i.filename for i in infos]
+        if len(set(names)) != len(names):
+            raise BundleError(f"{str(path)!r} has duplicate members; refusing it.")
+        allowed = {"manifest.json", "manifest.sig", "model.onnx", "model.onnx.enc", "selftest.npz"}
+        unexpected = sorted(set(names) - allowed)
+        if unexpected:
+            raise BundleError(f"{str(path)!r} has unexpected members {unexpected}: it is damaged (truncated?) "
+                              "or not an .edgeship bundle; refusing it.")
+        out = {}
+        for info in infos:
+            limit = MAX_MANIFEST_BYTES if info.filename.startswith("manifest") else MAX_MEMBER_BYTES
+            if info.file_size > limit:
+                raise BundleError(f"member {info.filename!r} claims {info.file_size} bytes, over the {limit}-byte limit.")
+            try:
+                data = archive.read(info)
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise BundleError(f"member {info.filename!r} of {str(path)!r} cannot be read ({exc}); the file is damaged.") from None
+            if len(data) != info.file_size:
+                raise BundleError(f"member {info.filename!r} is {len(data)} bytes, the archive says {info.file_size}.")
+            out[info.filename] = data
+    return out
+
+
+def _check_signature(members: dict[str, bytes], trusted_keys: list[Any]) -> None:
+    from cryptography.exceptions import InvalidSignature
+
+    if "manifest.json" not in members or "manifest.sig" not in members:
+        raise BundleError("the bundle has no manifest or no signature; it cannot be verified.")
+    for key in trusted_keys:
+        try:
+            key.verify(members["manifest.sig"], members["manifest.json"])
+            return
+        except InvalidSignature:
+            continue
+    raise BundleError("the manifest signature does not match any trusted key: the bundle was altered or signed "
+                      "by someone else. Check --trust.")
+
+
+def _state_file(state_dir: Path) -> Path:
+    return Path(state_dir) / "accepted-versions.json"
+
+
+def accepted_versions(state_dir: Path | str) -> dict[str, int]:
+    path = _state_file(Path(state_dir))
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        return {str(k): int(v) for k, v in data.items()}
+    except (ValueError, TypeError, AttributeError):
+        raise BundleError(f"the anti-rollback state {str(path)!r} is corrupt; restore it from backup.") from None
+
+
+def record_accepted(state_dir: Path | str, name: str, version: int) -> None:
+    """Remember the highest version accepted for ``name`` (fsync, then atomic rename)."""
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    versions = accepted_versions(state_dir)
+    versions[name] = max(int(version), versions.get(name, 0))
+    tmp = state_dir / ".accepted-versions.json.tmp"
+    with open(tmp, "w") as f:
+        json.dump(versions, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, _state_file(state_dir))
+
+
+def verify_bundle(
+    path: Path | str,
+    trusted_keys: list[Any],
+    decrypt_key: bytes | None = None,
+    state_dir: Path | str | None = None,
+    allow_downgrade: bool = False,
+    record: bool = True,
+) -> VerifiedBundle:
+    """Check signature, format, digests, version and decryption; the model stays in memory."""
+    path = Path(path)
+    members = _read_members(path)
+    _check_signature(members, trusted_keys)
+    try:
+        manifest = json.loads(members["manifest.json"])
+    except ValueError:
+        raise BundleError("the signed manifest is not JSON; the bundle was made by a broken packer.") from None
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"not an edgeship bundle: format {manifest.get('format')!r}.")
+    if int(manifest.get("format_version", -1)) != FORMAT_VERSION:
+        raise BundleError(
+            f"bundle format version {manifest.get('format_version')} is not {FORMAT_VERSION}, the one this "
+            "edgeship reads; upgrade edgeship or repack the model."
+        )
+    declared = manifest.get("members", {})
+    present = {k for k in members if not k.startswith("manifest")}
+    if set(declared) != present:
+        raise BundleError(f"the manifest lists members {sorted(declared)} but the bundle holds {sorted(present)}.")
+    for name, entry in declared.items():
+        digest = hashlib.sha256(members[name]).hexdigest()
+        if digest != entry.get("sha256") or len(members[name]) != entry.get("size"):
+            raise BundleError(f"member {name!r} does not match its signed digest: the bundle was altered.")
+    name, version = str(manifest["name"]), int(manifest["version"])
+    if state_dir is not None:
+        last = accepted_versions(state_dir).get(name)
+        if last is not None and version < last and not allow_downgrade:
+            raise BundleError(
+                f"{name} version {version} is older than version {last}, already accepted on this device "
+                "(anti-rollback); pass --allow-downgrade to install it anyway."
+            )
+    encryption = manifest.get("encryption")
+    if encryption:
+        if decrypt_key is None:
+            raise BundleError("the model is encrypted; pass --decrypt-key content.key.")
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        nonce = bytes.fromhex(encryption["nonce"])
+        try:
+            model_bytes = AESGCM(decrypt_key).decrypt(nonce, members["model.onnx.enc"], aad(name, version))
+        except (InvalidTag, ValueError):
+            raise BundleError("the model does not decrypt with this key (wrong --decrypt-key, or altered data).") from None
+    else:
+        model_bytes = members["model.onnx"]
+    with np.load(io.BytesIO(members["selftest.npz"]), allow_pickle=False) as archive:
+        selftest = {k: archive[k] for k in archive.files}
+    if state_dir is not None and record:
+        record_accepted(state_dir, name, version)
+    return VerifiedBundle(manifest, model_bytes, selftest)

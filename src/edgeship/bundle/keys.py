@@ -1,0 +1,92 @@
+"""Ed25519 signing keys and 256-bit content keys, as files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edgeship.errors import EdgeshipError
+
+__all__ = ["generate_keys", "load_private_key", "load_public_keys", "load_content_key", "KeyError_"]
+
+
+class KeyError_(EdgeshipError):  # noqa: N801 - not the builtin KeyError
+    """A key file is missing, unreadable, or not a key of the expected kind."""
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o600)
+
+
+def generate_keys(out_dir: Path | str, content_key: bool = False) -> dict[str, Path]:
+    """Write signing.key (Ed25519, PEM, mode 0600), signing.pub and, optionally, content.key
+    (32 random bytes, mode 0600). Refuses to overwrite existing keys."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"private": out / "signing.key", "public": out / "signing.pub"}
+    if content_key:
+        paths["content"] = out / "content.key"
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing:
+        raise KeyError_(f"key file(s) {existing} already exist; choose another --out or move them away.")
+    key = Ed25519PrivateKey.generate()
+    _write_private(paths["private"], key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    paths["public"].write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                              serialization.PublicFormat.SubjectPublicKeyInfo))
+    if content_key:
+        _write_private(paths["content"], os.urandom(32))
+    return paths
+
+
+def _read(path: Path | str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise KeyError_(f"cannot read {what} {str(path)!r}: {exc.strerror}.") from None
+
+
+def load_private_key(path: Path | str):  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(_read(path, "signing key"), password=None)
+    except ValueError:
+        raise KeyError_(f"{str(path)!r} is not a PEM private key; make one with `edgeship keygen`.") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyError_(f"{str(path)!r} is not an Ed25519 key; make one with `edgeship keygen`.")
+    return key
+
+
+def load_public_keys(paths: list[Path | str] | Path | str):  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    keys = []
+    for path in paths:
+        try:
+            key = serialization.load_pem_public_key(_read(path, "public key"))
+        except ValueError:
+            raise KeyError_(f"{str(path)!r} is not a PEM public key (signing.pub from `edgeship keygen`).") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise KeyError_(f"{str(path)!r} is not an Ed25519 public key.")
+        keys.append(key)
+    if not keys:
+        raise KeyError_("no trusted public key given; pass --trust signing.pub.")
+    return keys
+
+
+def load_content_key(path: Path | str) -> bytes:
+    data = _read(path, "content key")
+    if len(data) != 32:
+        raise KeyError_(f"{str(path)!r} holds {len(data)} bytes; a content key is 32 bytes (`edgeship keygen --content-key`).")
+    return data
