@@ -410,6 +410,51 @@ def run(
                       f"first values {np.round(value.reshape(-1)[:5], 4).tolist()}", highlight=False)
 
 
+@app.command()
+def serve(
+    bundles: list[Path] = typer.Argument(..., help="One or more .edgeship files (several versions of a name are fine)."),
+    trust: list[Path] = typer.Option(..., "--trust", help="Trusted public key(s), signing.pub."),
+    decrypt_key: Optional[Path] = typer.Option(None, "--decrypt-key", help="content.key, for encrypted bundles."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Where this device remembers accepted versions."),
+    allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Accept a version lower than one accepted before."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on; 0 picks a free one."),
+    threads: int = typer.Option(2, "--threads", help="ONNX Runtime intra-op threads per model."),
+    max_batch_size: int = typer.Option(16, "--max-batch-size", help="Rows per dynamic batch; 1 turns batching off."),
+    max_queue_delay_ms: float = typer.Option(0.0, "--max-queue-delay-ms",
+                                             help="Wait this long to fill a batch (0: batch what queued meanwhile)."),
+    max_queue: int = typer.Option(128, "--max-queue", help="Queued requests per model before answering 503."),
+    max_request_mb: float = typer.Option(16.0, "--max-request-mb", help="Larger request bodies get 413."),
+    cache_size: int = typer.Option(0, "--cache-size", help="LRU cache of results, entries per model (0: off)."),
+    idle_unload: Optional[float] = typer.Option(None, "--idle-unload",
+                                                help="Unload a model idle this many seconds; reload on the next request."),
+) -> None:
+    """Serve bundles over the Open Inference Protocol (KServe v2 REST), with batching and metrics."""
+    from edgeship.runtime.server import ServeSettings, Trust, serve as serve_bundles
+
+    def listening(address: str, bound: int, hosts: list[Any]) -> None:
+        for h in hosts:
+            kind = "encrypted" if h.manifest["encryption"] else "plain"
+            console.print(f"verified {h.name} v{h.version} ({kind}, self-test passed, "
+                          f"{'batch axis' if h.batched else 'no batch axis'})", highlight=False)
+        console.print(f"serving on http://{address}:{bound}  (Open Inference Protocol v2; metrics at /metrics)",
+                      highlight=False)
+        sys.stdout.flush()
+
+    def work() -> None:
+        from edgeship.bundle.keys import load_content_key, load_public_keys
+
+        key = load_content_key(decrypt_key) if decrypt_key else None
+        settings = ServeSettings(host=host, port=port, threads=threads, max_batch_size=max_batch_size,
+                                 max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue,
+                                 max_request_bytes=int(max_request_mb * (1 << 20)), cache_size=cache_size,
+                                 idle_unload_s=idle_unload)
+        serve_bundles(list(bundles), Trust(load_public_keys(list(trust)), key, state_dir, allow_downgrade),
+                      settings, on_listening=listening)
+
+    _guard(work)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,243 @@
+"""The Open Inference Protocol (KServe v2) REST encoding: requests in, responses out.
+
+Pure numpy, no web framework: the server calls :func:`parse_infer_request` on the raw body
+and :func:`encode_infer_response` on the outputs. Both JSON tensors and Triton's binary
+tensor data extension are supported (``tritonclient`` uses the latter by default): the body
+is a JSON header of ``Inference-Header-Content-Length`` bytes followed by the tensors, each
+``binary_data_size`` bytes, little-endian, row major.
+
+Every check that can fail on a client's input raises :class:`ProtocolError` with an HTTP
+status and a message that names the value received and what the model wants.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgeship.errors import EdgeshipError
+
+__all__ = [
+    "ProtocolError",
+    "InferRequest",
+    "DATATYPES",
+    "oip_datatype",
+    "tensor_metadata",
+    "parse_infer_request",
+    "encode_infer_response",
+    "HEADER_LENGTH",
+]
+
+HEADER_LENGTH = "inference-header-content-length"
+
+# OIP datatype <-> numpy dtype name (the manifest records numpy names).
+DATATYPES = {
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+}
+_TO_OIP = {v: k for k, v in DATATYPES.items()}
+
+
+class ProtocolError(EdgeshipError):
+    """A request the server refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def oip_datatype(numpy_name: str) -> str:
+    try:
+        return _TO_OIP[numpy_name]
+    except KeyError:
+        raise ProtocolError(f"tensors of dtype {numpy_name} cannot be served over the protocol", 500) from None
+
+
+def tensor_metadata(spec: dict[str, Any]) -> dict[str, Any]:
+    """A manifest I/O entry as OIP ``$metadata_tensor``: symbolic dims become -1."""
+    shape = [d if isinstance(d, int) else -1 for d in spec["shape"]]
+    return {"name": spec["name"], "datatype": oip_datatype(spec["dtype"]), "shape": shape}
+
+
+@dataclass
+class InferRequest:
+    """A parsed, validated request: arrays that match the model's inputs."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: list[str] | None  # requested outputs; None means all
+    binary_outputs: set[str] = field(default_factory=set)
+    id: str | None = None
+
+    @property
+    def rows(self) -> int:
+        """Size of the batch axis (1 for a model without one)."""
+        first = next(iter(self.inputs.values()))
+        return int(first.shape[0]) if first.ndim else 1
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
+    if header_length is None:
+        json_part, binary = body, memoryview(b"")
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise ProtocolError(f"Inference-Header-Content-Length must be an integer, got {header_length!r}.") from None
+        if not 0 < n <= len(body):
+            raise ProtocolError(f"Inference-Header-Content-Length {n} is outside the body's {len(body)} bytes.")
+        json_part, binary = body[:n], memoryview(body)[n:]
+    try:
+        header = json.loads(json_part)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"the request body is not valid JSON ({exc}); send an OIP inference request.") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("the request body must be a JSON object with an \"inputs\" list.")
+    return header, binary
+
+
+def _shape(value: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
+        raise ProtocolError(f"input {name!r}: \"shape\" must be a list of non-negative integers, got {value!r}.")
+    return tuple(value)
+
+
+def _check_against_spec(name: str, datatype: Any, shape: tuple[int, ...], spec: dict[str, Any]) -> np.dtype:
+    want_type = oip_datatype(spec["dtype"])
+    if datatype != want_type:
+        raise ProtocolError(f"input {name!r} has datatype {datatype!r}; the model wants {want_type}.")
+    want = spec["shape"]
+    if len(shape) != len(want) or any(isinstance(w, int) and w != g for w, g in zip(want, shape)):
+        shown = [w if isinstance(w, int) else -1 for w in want]
+        raise ProtocolError(f"input {name!r} has shape {list(shape)}; the model wants {shown} (-1: any size).")
+    return np.dtype(spec["dtype"])
+
+
+def _from_json(name: str, data: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    if not isinstance(data, list):
+        raise ProtocolError(f"input {name!r}: \"data\" must be a list (flat, row major), got {type(data).__name__}.")
+    try:
+        raw = np.asarray(data)
+    except ValueError:
+        raise ProtocolError(f"input {name!r}: \"data\" is a ragged nested list; send it flat, row major.") from None
+    count = math.prod(shape)
+    if raw.size != count:
+        raise ProtocolError(f"input {name!r}: \"data\" holds {raw.size} values but shape {list(shape)} needs {count}.")
+    if count == 0:
+        return np.zeros(shape, dtype)
+    kind = raw.dtype.kind
+    allowed = {"b": "b", "f": "iuf", "i": "iu", "u": "iu"}[dtype.kind]
+    if kind not in allowed:
+        raise ProtocolError(f"input {name!r}: \"data\" holds {raw.dtype} values, which are not {_TO_OIP[dtype.name]}.")
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if raw.min() < info.min or raw.max() > info.max:
+            raise ProtocolError(f"input {name!r}: values outside the range of {_TO_OIP[dtype.name]}.")
+    return raw.astype(dtype, copy=False).reshape(shape)
+
+
+def _from_binary(name: str, size: Any, binary: memoryview, offset: int, shape: tuple[int, ...],
+                 dtype: np.dtype) -> np.ndarray:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ProtocolError(f"input {name!r}: binary_data_size must be a non-negative integer, got {size!r}.")
+    need = math.prod(shape) * dtype.itemsize
+    if size != need:
+        raise ProtocolError(f"input {name!r}: binary_data_size is {size} bytes but shape {list(shape)} of "
+                            f"{_TO_OIP[dtype.name]} needs {need}.")
+    if offset + size > len(binary):
+        raise ProtocolError(f"input {name!r}: the body ends before its {size} bytes of binary data.")
+    return np.frombuffer(binary[offset:offset + size], dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+
+
+def parse_infer_request(body: bytes, header_length: str | None, input_specs: list[dict[str, Any]],
+                        output_names: list[str]) -> InferRequest:
+    """Parse and validate an inference request against the model's I/O signature."""
+    header, binary = _split_body(body, header_length)
+    entries = header.get("inputs")
+    if not isinstance(entries, list) or not entries:
+        raise ProtocolError("the request needs an \"inputs\" list with one entry per model input.")
+    specs = {s["name"]: s for s in input_specs}
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ProtocolError("each input needs a \"name\", \"shape\", \"datatype\" and \"data\".")
+        name = entry["name"]
+        if name not in specs:
+            raise ProtocolError(f"unknown input {name!r}; the model's inputs are {sorted(specs)}.")
+        if name in inputs:
+            raise ProtocolError(f"input {name!r} is given twice.")
+        shape = _shape(entry.get("shape"), name)
+        dtype = _check_against_spec(name, entry.get("datatype"), shape, specs[name])
+        params = entry.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise ProtocolError(f"input {name!r}: \"parameters\" must be an object.")
+        if "binary_data_size" in params:
+            inputs[name] = _from_binary(name, params["binary_data_size"], binary, offset, shape, dtype)
+            offset += params["binary_data_size"]
+        else:
+            inputs[name] = _from_json(name, entry.get("data"), shape, dtype)
+    if offset != len(binary):
+        raise ProtocolError(f"the body carries {len(binary) - offset} bytes of binary data that no input claims.")
+    missing = sorted(set(specs) - set(inputs))
+    if missing:
+        raise ProtocolError(f"missing input(s) {missing}; the model's inputs are {sorted(specs)}.")
+    batch_sizes = {a.shape[0] for a in inputs.values() if a.ndim}
+    if len(batch_sizes) > 1:
+        raise ProtocolError(f"inputs disagree on the batch size: {sorted(batch_sizes)}.")
+
+    params = header.get("parameters") or {}
+    all_binary = bool(isinstance(params, dict) and params.get("binary_data_output"))
+    wanted, binary_outputs = None, set(output_names) if all_binary else set()
+    if header.get("outputs") is not None:
+        if not isinstance(header["outputs"], list):
+            raise ProtocolError("\"outputs\" must be a list of {\"name\": ...} objects.")
+        wanted = []
+        for out in header["outputs"]:
+            name = out.get("name") if isinstance(out, dict) else None
+            if name not in output_names:
+                raise ProtocolError(f"unknown output {name!r}; the model's outputs are {output_names}.")
+            wanted.append(name)
+            out_params = out.get("parameters") or {}
+            if isinstance(out_params, dict) and "binary_data" in out_params:
+                (binary_outputs.add if out_params["binary_data"] else binary_outputs.discard)(name)
+    request_id = header.get("id")
+    return InferRequest(inputs, wanted, binary_outputs, str(request_id) if request_id is not None else None)
+
+
+def encode_infer_response(model_name: str, model_version: int, outputs: dict[str, np.ndarray],
+                          request: InferRequest) -> tuple[bytes, dict[str, str]]:
+    """(body, extra headers) for an inference response, JSON or JSON + binary tensors."""
+    names = request.outputs if request.outputs is not None else list(outputs)
+    entries, blobs = [], []
+    for name in names:
+        array = np.ascontiguousarray(outputs[name])
+        entry: dict[str, Any] = {"name": name, "datatype": oip_datatype(array.dtype.name), "shape": list(array.shape)}
+        if name in request.binary_outputs:
+            blob = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = array.reshape(-1).tolist()
+        entries.append(entry)
+    response: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version), "outputs": entries}
+    if request.id is not None:
+        response["id"] = request.id
+    header = json.dumps(response, separators=(",", ":")).encode()
+    if not blobs:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(blobs), {"content-type": "application/octet-stream",
+                                      HEADER_LENGTH: str(len(header))}

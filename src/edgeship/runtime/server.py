@@ -1,0 +1,475 @@
+"""`edgeship serve`: verified bundles behind the Open Inference Protocol (KServe v2) over REST.
+
+Endpoints (https://kserve.github.io/website/docs/concepts/architecture/data-plane/v2-protocol):
+``GET /v2/health/live``, ``/v2/health/ready``, ``/v2``, ``/v2/models/{name}[/versions/{v}]``,
+``/v2/models/{name}[/versions/{v}]/ready``; ``POST /v2/models/{name}[/versions/{v}]/infer``;
+``GET /metrics`` (Prometheus) and ``/openapi.json``. Errors are ``{"error": "..."}``.
+
+Every bundle is verified (signature, digests, anti-rollback, decryption) and self-tested
+before the port opens. A model that is idle for ``idle_unload_s`` is dropped from memory and
+verified again, from its file, on the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+
+from edgeship.bundle.format import BundleError
+from edgeship.errors import ConfigError
+from edgeship.runtime.batching import DynamicBatcher, QueueFullError
+from edgeship.runtime.protocol import (
+    HEADER_LENGTH,
+    InferRequest,
+    ProtocolError,
+    encode_infer_response,
+    parse_infer_request,
+    tensor_metadata,
+)
+from edgeship.runtime.session import Runtime
+
+__all__ = ["ServeSettings", "Trust", "create_app", "serve", "has_batch_axis"]
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What a device trusts: signing keys, the content key, and its anti-rollback state."""
+
+    keys: list[Any]
+    decrypt_key: bytes | None = None
+    state_dir: Path | None = None
+    allow_downgrade: bool = False
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    threads: int = 2  # ONNX Runtime intra-op threads per model
+    max_batch_size: int = 16  # rows per batch for models with a batch axis; 1 turns batching off
+    max_queue_delay_ms: float = 0.0  # how long to wait to fill a batch; 0: batch what queued meanwhile
+    max_queue: int = 128  # queued requests per model before answering 503
+    max_request_bytes: int = 16 << 20  # larger bodies get 413
+    cache_size: int = 0  # LRU entries of results per model; 0: no cache
+    idle_unload_s: float | None = None  # unload a model idle this long; reload on the next request
+    graceful_timeout_s: float = 30.0  # on shutdown, how long in-flight requests may take
+
+    def check(self) -> None:
+        for name in ("threads", "max_batch_size", "max_queue", "max_request_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
+        if self.max_queue_delay_ms < 0 or self.cache_size < 0:
+            raise ConfigError("max-queue-delay-ms and cache-size must be >= 0.")
+        if self.idle_unload_s is not None and self.idle_unload_s <= 0:
+            raise ConfigError(f"idle-unload must be > 0 seconds, got {self.idle_unload_s}.")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0-65535, got {self.port}.")
+
+
+def has_batch_axis(manifest: dict[str, Any]) -> bool:
+    """True when every input and output has a symbolic first dimension (a batch axis)."""
+    specs = manifest["inputs"] + manifest["outputs"]
+    return all(s["shape"] and not isinstance(s["shape"][0], int) for s in specs)
+
+
+class _Metrics:
+    """Prometheus metrics, in a registry of this server's own."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        labels = ["model", "version"]
+        self.requests = Counter("edgeship_inference_requests", "Inference requests, by HTTP status.",
+                                labels + ["status"], registry=self.registry)
+        self.latency = Histogram(
+            "edgeship_inference_request_duration_seconds", "Time from request received to response ready.", labels,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+            registry=self.registry)
+        self.batch = Histogram("edgeship_batch_size", "Rows per executed batch.", labels,
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
+        self.queue = Gauge("edgeship_queue_depth", "Requests waiting for the model.", labels, registry=self.registry)
+        self.cache = Counter("edgeship_cache_lookups", "Result-cache lookups, by result (hit/miss).",
+                             labels + ["result"], registry=self.registry)
+        self.loaded = Gauge("edgeship_model_loaded", "1 while the model is in memory.", labels, registry=self.registry)
+        self.loads = Counter("edgeship_model_loads", "Verified loads, including reloads after an idle unload.",
+                             labels, registry=self.registry)
+
+
+class _LRU:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: collections.OrderedDict[bytes, dict[str, np.ndarray]] = collections.OrderedDict()
+
+    @staticmethod
+    def key(inputs: dict[str, np.ndarray]) -> bytes:
+        h = hashlib.blake2b(digest_size=20)
+        for name in sorted(inputs):
+            a = np.ascontiguousarray(inputs[name])
+            h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+            h.update(a.data)
+        return h.digest()
+
+    def get(self, key: bytes) -> dict[str, np.ndarray] | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: bytes, value: dict[str, np.ndarray]) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
+class ModelHost:
+    """One verified bundle version: its runtime (or none while unloaded), batcher and cache."""
+
+    def __init__(self, path: Path, trust: Trust, settings: ServeSettings, metrics: _Metrics) -> None:
+        self.path, self.trust, self.settings, self.metrics = Path(path), trust, settings, metrics
+        self.runtime: Runtime | None = self._open()
+        self.manifest = self.runtime.manifest
+        self.name, self.version = str(self.manifest["name"]), int(self.manifest["version"])
+        self.output_names = [s["name"] for s in self.manifest["outputs"]]
+        self.batched = has_batch_axis(self.manifest)
+        self.labels = {"model": self.name, "version": str(self.version)}
+        self.cache = _LRU(settings.cache_size) if settings.cache_size else None
+        self.last_used = time.monotonic()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"edgeship-{self.name}")
+        self._load_lock: asyncio.Lock | None = None
+        self.batcher: DynamicBatcher | None = None
+        metrics.loads.labels(**self.labels).inc()
+        metrics.loaded.labels(**self.labels).set(1)
+
+    def _open(self) -> Runtime:
+        t = self.trust
+        return Runtime.open(self.path, t.keys, t.decrypt_key, self.settings.threads, t.state_dir, t.allow_downgrade)
+
+    def start(self) -> None:
+        """Start the batcher (needs the running event loop)."""
+        self._load_lock = asyncio.Lock()
+        self.batcher = DynamicBatcher(
+            self._run_batch,
+            self.settings.max_batch_size if self.batched else 1,
+            self.settings.max_queue_delay_ms / 1000.0,
+            self.settings.max_queue,
+            on_batch=self.metrics.batch.labels(**self.labels).observe,
+        )
+        self.metrics.queue.labels(**self.labels).set_function(lambda: self.batcher.depth if self.batcher else 0)
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
+        self._executor.shutdown(wait=True)
+
+    async def _ensure_loaded(self) -> Runtime:
+        runtime = self.runtime
+        if runtime is not None:
+            return runtime
+        assert self._load_lock is not None
+        async with self._load_lock:
+            if self.runtime is None:
+                try:
+                    runtime = await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+                except BundleError as exc:
+                    raise ProtocolError(f"{self.name} v{self.version} could not be reloaded: {exc}", 503) from None
+                if (runtime.manifest["name"], int(runtime.manifest["version"])) != (self.name, self.version):
+                    raise ProtocolError(f"{self.path} now holds another model; restart the server to serve it.", 503)
+                self.runtime = runtime
+                self.metrics.loads.labels(**self.labels).inc()
+                self.metrics.loaded.labels(**self.labels).set(1)
+            return self.runtime
+
+    def unload_if_idle(self, now: float) -> bool:
+        idle = self.settings.idle_unload_s
+        if (idle is None or self.runtime is None or self.batcher is None or self.batcher.busy
+                or self.batcher.depth or now - self.last_used < idle):
+            return False
+        self.runtime = None  # the session and the decrypted model bytes go with it
+        self.metrics.loaded.labels(**self.labels).set(0)
+        return True
+
+    async def _run_batch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        runtime = await self._ensure_loaded()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, runtime.predict, feeds)
+
+    async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
+        self.last_used = time.monotonic()
+        key = None
+        if self.cache is not None:
+            key = self.cache.key(request.inputs)
+            cached = self.cache.get(key)
+            self.metrics.cache.labels(**self.labels, result="hit" if cached is not None else "miss").inc()
+            if cached is not None:
+                return cached
+        assert self.batcher is not None
+        try:
+            outputs = await self.batcher.submit(request.inputs)
+        except QueueFullError as exc:
+            raise ProtocolError(f"{self.name} is busy: {exc}", 503) from None
+        self.last_used = time.monotonic()
+        if self.cache is not None and key is not None:
+            self.cache.put(key, outputs)
+        return outputs
+
+
+class _Registry:
+    def __init__(self, hosts: list[ModelHost]) -> None:
+        self.by_name: dict[str, dict[int, ModelHost]] = {}
+        for host in hosts:
+            versions = self.by_name.setdefault(host.name, {})
+            if host.version in versions:
+                raise ConfigError(f"{host.name} v{host.version} is given twice ({versions[host.version].path} "
+                                  f"and {host.path}); give each version once.")
+            versions[host.version] = host
+
+    @property
+    def hosts(self) -> list[ModelHost]:
+        return [h for versions in self.by_name.values() for h in versions.values()]
+
+    def get(self, name: str, version: str | None = None) -> ModelHost:
+        versions = self.by_name.get(name)
+        if not versions:
+            raise ProtocolError(f"unknown model {name!r}; this server has {sorted(self.by_name)}.", 404)
+        if version is None:
+            return versions[max(versions)]
+        if not version.isdigit() or int(version) not in versions:
+            raise ProtocolError(f"{name} has no version {version!r}; it has {sorted(versions)}.", 404)
+        return versions[int(version)]
+
+
+class _BodyLimit:
+    """ASGI middleware: bodies over the limit get 413, whether announced or streamed."""
+
+    class _TooLarge(Exception):
+        pass
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def _refuse(self, send: Any, status: int, message: str) -> None:
+        import json
+
+        body = json.dumps({"error": message}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return await self._refuse(send, 400, f"Content-Length {declared.decode(errors='replace')!r} is not a number.")
+            if int(declared) > self.limit:
+                return await self._refuse(send, 413, f"the request body is {int(declared)} bytes, over this server's "
+                                                     f"{self.limit}-byte limit (--max-request-mb).")
+        received, started = 0, False
+
+        async def limited_receive() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise self._TooLarge
+            return message
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except self._TooLarge:
+            if not started:
+                await self._refuse(send, 413, f"the request body is over this server's {self.limit}-byte limit.")
+
+
+def _openapi_infer_body() -> dict[str, Any]:
+    tensor = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+        "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+        "datatype": {"type": "string", "enum": ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16",
+                                                "INT32", "INT64", "FP16", "FP32", "FP64"]},
+        "parameters": {"type": "object"}, "data": {"type": "array", "items": {}}}}
+    schema = {"type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"}, "parameters": {"type": "object"},
+        "inputs": {"type": "array", "items": tensor},
+        "outputs": {"type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def create_app(bundles: list[Path], trust: Trust, settings: ServeSettings | None = None) -> Any:
+    """Verify and load every bundle, then build the FastAPI app. Raises if any bundle is refused."""
+    import edgeship
+
+    settings = settings or ServeSettings()
+    settings.check()
+    if not bundles:
+        raise ConfigError("give at least one .edgeship bundle to serve.")
+    metrics = _Metrics()
+    registry = _Registry([ModelHost(Path(p), trust, settings, metrics) for p in bundles])
+    state = {"ready": False}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        for host in registry.hosts:
+            host.start()
+        idle_task = None
+        if settings.idle_unload_s:
+            async def unload_idle() -> None:
+                while True:
+                    await asyncio.sleep(min(1.0, settings.idle_unload_s / 4))
+                    for host in registry.hosts:
+                        host.unload_if_idle(time.monotonic())
+            idle_task = asyncio.get_running_loop().create_task(unload_idle())
+        state["ready"] = True
+        yield
+        state["ready"] = False  # uvicorn has stopped accepting and finished in-flight requests
+        if idle_task is not None:
+            idle_task.cancel()
+        for host in registry.hosts:
+            await host.stop()
+
+    app = FastAPI(title="edgeship inference server", version=edgeship.__version__, lifespan=lifespan,
+                  description="Open Inference Protocol (KServe v2) REST, with Triton's binary tensor data extension.")
+    app.state.registry, app.state.metrics = registry, metrics
+
+    @app.exception_handler(ProtocolError)
+    async def _protocol_error(request: Request, exc: ProtocolError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": f"malformed request: {exc.errors()[0].get('msg', exc)}"}, status_code=400)
+
+    @app.get("/v2/health/live", tags=["health"])
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["health"])
+    async def ready() -> Any:
+        if not state["ready"]:
+            return JSONResponse({"ready": False}, status_code=503)
+        return {"ready": True}
+
+    @app.get("/v2", tags=["server"])
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": "edgeship", "version": edgeship.__version__, "extensions": ["binary_tensor_data"]}
+
+    def model_metadata(name: str, version: str | None) -> dict[str, Any]:
+        host = registry.get(name, version)
+        versions = sorted(registry.by_name[name])
+        return {
+            "name": name,
+            "versions": [str(v) for v in versions] if version is None else [str(host.version)],
+            "platform": "onnxruntime_onnx",
+            "inputs": [tensor_metadata(s) for s in host.manifest["inputs"]],
+            "outputs": [tensor_metadata(s) for s in host.manifest["outputs"]],
+        }
+
+    @app.get("/v2/models/{name}", tags=["model"])
+    async def metadata(name: str) -> dict[str, Any]:
+        return model_metadata(name, None)
+
+    @app.get("/v2/models/{name}/versions/{version}", tags=["model"])
+    async def metadata_version(name: str, version: str) -> dict[str, Any]:
+        return model_metadata(name, version)
+
+    def model_ready(name: str, version: str | None) -> Any:
+        host = registry.get(name, version)  # an idle-unloaded model is ready: it reloads on demand
+        return JSONResponse({"name": name, "version": str(host.version), "ready": state["ready"]},
+                            status_code=200 if state["ready"] else 503)
+
+    @app.get("/v2/models/{name}/ready", tags=["model"])
+    async def ready_model(name: str) -> Any:
+        return model_ready(name, None)
+
+    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["model"])
+    async def ready_model_version(name: str, version: str) -> Any:
+        return model_ready(name, version)
+
+    async def do_infer(name: str, version: str | None, request: Request) -> Response:
+        start = time.perf_counter()
+        host = registry.get(name, version)
+        status = 500
+        try:
+            body = await request.body()
+            parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), host.manifest["inputs"],
+                                         host.output_names)
+            outputs = await host.infer(parsed)
+            payload, headers = encode_infer_response(host.name, host.version, outputs, parsed)
+            status = 200
+            return Response(payload, headers=headers)
+        except ProtocolError as exc:
+            status = exc.status
+            raise
+        except Exception as exc:  # ONNX Runtime refused a validated input: the server's fault, say what happened
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise ProtocolError(f"inference failed: {type(exc).__name__}: {first}", 500) from None
+        finally:
+            metrics.requests.labels(**host.labels, status=str(status)).inc()
+            metrics.latency.labels(**host.labels).observe(time.perf_counter() - start)
+
+    @app.post("/v2/models/{name}/infer", tags=["inference"], openapi_extra=_openapi_infer_body())
+    async def infer(name: str, request: Request) -> Response:
+        return await do_infer(name, None, request)
+
+    @app.post("/v2/models/{name}/versions/{version}/infer", tags=["inference"], openapi_extra=_openapi_infer_body())
+    async def infer_version(name: str, version: str, request: Request) -> Response:
+        return await do_infer(name, version, request)
+
+    @app.get("/metrics", tags=["server"])
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(_BodyLimit, limit=settings.max_request_bytes)
+    return app
+
+
+def serve(bundles: list[Path], trust: Trust, settings: ServeSettings | None = None,
+          on_listening: Any = None) -> None:
+    """Verify every bundle, bind the port, serve until SIGINT/SIGTERM, then finish in-flight requests."""
+    import uvicorn
+
+    settings = settings or ServeSettings()
+    app = create_app(bundles, trust, settings)
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}; "
+                          "pick another --port (0 picks a free one).") from None
+    port = sock.getsockname()[1]
+    if on_listening is not None:
+        on_listening(settings.host, port, app.state.registry.hosts)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=settings.graceful_timeout_s)
+    uvicorn.Server(config).run(sockets=[sock])
