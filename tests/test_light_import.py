@@ -24,3 +24,9 @@ def test_memory_probe_imports_only_numpy_and_onnxruntime():
     loaded = _modules_after("import edgeship._memprobe")
     assert not [m for m in HEAVY if m in loaded]
     assert "onnxruntime" not in loaded  # imported only when the probe runs
+
+
+def test_server_and_cli_import_no_training_frameworks():
+    loaded = _modules_after("import edgeship.runtime.server, edgeship.cli")
+    assert "fastapi" in loaded  # the check below is about the real server module
+    assert not [m for m in ["torch", "transformers", "matplotlib", "sklearn", "onnx", "ray"] if m in loaded]

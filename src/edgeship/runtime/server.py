@@ -16,7 +16,9 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import signal
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -106,6 +108,8 @@ class _Metrics:
         self.queue = Gauge("edgeship_queue_depth", "Requests waiting for the model.", labels, registry=self.registry)
         self.cache = Counter("edgeship_cache_lookups", "Result-cache lookups, by result (hit/miss).",
                              labels + ["result"], registry=self.registry)
+        self.in_flight = Gauge("edgeship_inference_requests_in_flight", "Inference requests received, not yet answered.",
+                               labels, registry=self.registry)
         self.loaded = Gauge("edgeship_model_loaded", "1 while the model is in memory.", labels, registry=self.registry)
         self.loads = Counter("edgeship_model_loads", "Verified loads, including reloads after an idle unload.",
                              labels, registry=self.registry)
@@ -258,8 +262,8 @@ class _Registry:
 class _BodyLimit:
     """ASGI middleware: bodies over the limit get 413, whether announced or streamed."""
 
-    class _TooLarge(Exception):
-        pass
+    class _TooLarge(ProtocolError):
+        """Raised inside the app while it reads the body; the infer route answers it as a 413."""
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -291,7 +295,8 @@ class _BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise self._TooLarge
+                    raise self._TooLarge(f"the request body is over this server's {self.limit}-byte limit "
+                                         "(--max-request-mb).", 413)
             return message
 
         async def tracking_send(message: Any) -> None:
@@ -301,9 +306,9 @@ class _BodyLimit:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except self._TooLarge:
+        except self._TooLarge as exc:
             if not started:
-                await self._refuse(send, 413, f"the request body is over this server's {self.limit}-byte limit.")
+                await self._refuse(send, 413, str(exc))
 
 
 def _openapi_infer_body() -> dict[str, Any]:
@@ -418,6 +423,8 @@ def create_app(bundles: list[Path], trust: Trust, settings: ServeSettings | None
         start = time.perf_counter()
         host = registry.get(name, version)
         status = 500
+        in_flight = metrics.in_flight.labels(**host.labels)
+        in_flight.inc()
         try:
             body = await request.body()
             parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), host.manifest["inputs"],
@@ -433,6 +440,7 @@ def create_app(bundles: list[Path], trust: Trust, settings: ServeSettings | None
             first = (str(exc).strip().splitlines() or [""])[0]
             raise ProtocolError(f"inference failed: {type(exc).__name__}: {first}", 500) from None
         finally:
+            in_flight.dec()
             metrics.requests.labels(**host.labels, status=str(status)).inc()
             metrics.latency.labels(**host.labels).observe(time.perf_counter() - start)
 
@@ -472,4 +480,8 @@ def serve(bundles: list[Path], trust: Trust, settings: ServeSettings | None = No
         on_listening(settings.host, port, app.state.registry.hosts)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=settings.graceful_timeout_s)
+    # uvicorn finishes in-flight requests on SIGTERM, then raises the signal again with the handler
+    # it found; a no-op one here makes a clean, graceful stop exit with status 0.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.Server(config).run(sockets=[sock])
