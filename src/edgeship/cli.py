@@ -421,8 +421,10 @@ def serve(
     port: int = typer.Option(8000, "--port", help="Port to listen on; 0 picks a free one."),
     threads: int = typer.Option(2, "--threads", help="ONNX Runtime intra-op threads per model."),
     max_batch_size: int = typer.Option(16, "--max-batch-size", help="Rows per dynamic batch; 1 turns batching off."),
-    max_queue_delay_ms: float = typer.Option(0.0, "--max-queue-delay-ms",
-                                             help="Wait this long to fill a batch (0: batch what queued meanwhile)."),
+    max_queue_delay_ms: Optional[float] = typer.Option(
+        None, "--max-queue-delay-ms",
+        help="Wait this long to fill a batch (0: never wait). Default: adaptive, as many rows as the last batch, "
+             "waiting at most a tenth of a batch's run time."),
     max_queue: int = typer.Option(128, "--max-queue", help="Queued requests per model before answering 503."),
     max_request_mb: float = typer.Option(16.0, "--max-request-mb", help="Larger request bodies get 413."),
     cache_size: int = typer.Option(0, "--cache-size", help="LRU cache of results, entries per model (0: off)."),

@@ -1,11 +1,16 @@
 """Dynamic batching: requests queue up while the model is busy and run together.
 
 One worker per model takes the oldest request, then keeps taking queued requests whose
-non-batch dimensions match until the batch holds ``max_batch_size`` rows or
-``max_queue_delay`` has passed since it started collecting. With a delay of 0 (the default)
-it never waits: it batches whatever queued while the previous batch ran, so a lone client
-pays no delay and a busy server fills its batches by itself (Triton's dynamic batcher with
-``max_queue_delay_microseconds: 0`` behaves the same way).
+non-batch dimensions match until the batch holds ``max_batch_size`` rows or the queue delay
+has passed since it started collecting.
+
+- A fixed delay (``max_queue_delay_s``) works like Triton's ``max_queue_delay_microseconds``;
+  0 never waits and batches only what queued while the previous batch ran.
+- ``None`` (the default) adapts: it waits only while the batch holds fewer rows than the
+  previous one did, and at most a tenth of a batch's run time (capped at 10 ms). A lone client
+  never waits (its previous batch had one row); under steady concurrency the clients that
+  were all answered together come back within a few milliseconds and are batched together
+  again, instead of the first one running alone and the rest piling up behind it.
 
 The queue is bounded: a request that finds it full is refused at once (the server answers
 503) instead of waiting without limit.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -46,13 +52,15 @@ class DynamicBatcher:
         self,
         run: Callable[[dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]],
         max_batch_size: int,
-        max_queue_delay_s: float,
+        max_queue_delay_s: float | None,
         max_queue: int,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._run = run
         self.max_batch_size = max(1, int(max_batch_size))
-        self.max_queue_delay_s = max(0.0, float(max_queue_delay_s))
+        self.max_queue_delay_s = None if max_queue_delay_s is None else max(0.0, float(max_queue_delay_s))
+        self._last_rows = 1
+        self._run_seconds = 0.0  # moving average of one batch's run time
         self.max_queue = max(1, int(max_queue))
         self._on_batch = on_batch or (lambda rows: None)
         self._queue: collections.deque[_Item] = collections.deque()
@@ -97,7 +105,11 @@ class DynamicBatcher:
         first = self._queue.popleft()
         batch, rows = [first], first.rows
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_queue_delay_s
+        if self.max_queue_delay_s is None:  # adaptive: expect as many rows as last time
+            target, delay = min(self.max_batch_size, self._last_rows), min(0.1 * self._run_seconds, 0.010)
+        else:
+            target, delay = self.max_batch_size, self.max_queue_delay_s
+        deadline = loop.time() + delay
         while rows < self.max_batch_size:
             match = next((i for i in self._queue if i.key == first.key and rows + i.rows <= self.max_batch_size), None)
             if match is not None:
@@ -105,6 +117,8 @@ class DynamicBatcher:
                 batch.append(match)
                 rows += match.rows
                 continue
+            if rows >= target:
+                break
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -127,12 +141,15 @@ class DynamicBatcher:
     async def _execute(self, batch: list[_Item]) -> None:
         rows = sum(i.rows for i in batch)
         self._on_batch(rows)
+        self._last_rows = rows
+        started = time.perf_counter()
         try:
             if len(batch) == 1:
                 feeds = batch[0].inputs
             else:
                 feeds = {name: np.concatenate([i.inputs[name] for i in batch]) for name in batch[0].inputs}
             outputs = await self._run(feeds)
+            self._run_seconds = 0.8 * self._run_seconds + 0.2 * (time.perf_counter() - started)
         except Exception as exc:  # the error belongs to every request in the batch
             for item in batch:
                 if not item.future.done():

@@ -64,7 +64,7 @@ class ServeSettings:
     port: int = 8000
     threads: int = 2  # ONNX Runtime intra-op threads per model
     max_batch_size: int = 16  # rows per batch for models with a batch axis; 1 turns batching off
-    max_queue_delay_ms: float = 0.0  # how long to wait to fill a batch; 0: batch what queued meanwhile
+    max_queue_delay_ms: float | None = None  # wait to fill a batch; None adapts (see batching.py), 0 never waits
     max_queue: int = 128  # queued requests per model before answering 503
     max_request_bytes: int = 16 << 20  # larger bodies get 413
     cache_size: int = 0  # LRU entries of results per model; 0: no cache
@@ -75,7 +75,7 @@ class ServeSettings:
         for name in ("threads", "max_batch_size", "max_queue", "max_request_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
-        if self.max_queue_delay_ms < 0 or self.cache_size < 0:
+        if (self.max_queue_delay_ms is not None and self.max_queue_delay_ms < 0) or self.cache_size < 0:
             raise ConfigError("max-queue-delay-ms and cache-size must be >= 0.")
         if self.idle_unload_s is not None and self.idle_unload_s <= 0:
             raise ConfigError(f"idle-unload must be > 0 seconds, got {self.idle_unload_s}.")
@@ -171,7 +171,7 @@ class ModelHost:
         self.batcher = DynamicBatcher(
             self._run_batch,
             self.settings.max_batch_size if self.batched else 1,
-            self.settings.max_queue_delay_ms / 1000.0,
+            None if self.settings.max_queue_delay_ms is None else self.settings.max_queue_delay_ms / 1000.0,
             self.settings.max_queue,
             on_batch=self.metrics.batch.labels(**self.labels).observe,
         )
