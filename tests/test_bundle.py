@@ -53,8 +53,11 @@ def test_keygen_writes_private_keys_0600_and_refuses_to_overwrite(keys):
 def test_round_trip_and_manifest(bundles, keys, cnn_onnx):
     trusted = load_public_keys(keys["public"])
     plain = verify_bundle(bundles["plain"], trusted)
-    assert plain.model_bytes == Path(cnn_onnx).read_bytes()
     m = plain.manifest
+    # packed pre-optimized by default: the manifest names both the packed graph and the source
+    assert m["model_sha256"] == hashlib.sha256(plain.model_bytes).hexdigest()
+    assert m["source_model_sha256"] == hashlib.sha256(Path(cnn_onnx).read_bytes()).hexdigest()
+    assert m["runtime"]["graph_optimization"] == "extended" and m["runtime"]["onnxruntime"]
     assert m["format_version"] == 1 and m["name"] == "digits" and m["version"] == 3 and m["created"]
     assert m["inputs"][0]["name"] == "image" and m["labels"][3] == "3" and m["target"] == "raspberry-pi-4"
     assert m["encryption"] is None and set(m["members"]) == {"model.onnx", "selftest.npz"}
@@ -62,6 +65,13 @@ def test_round_trip_and_manifest(bundles, keys, cnn_onnx):
     assert enc.model_bytes == plain.model_bytes and enc.manifest["encryption"]["alg"] == "AES-256-GCM"
     middle = plain.model_bytes[len(plain.model_bytes) // 2:][:64]
     assert middle not in Path(bundles["encrypted"]).read_bytes()  # no plaintext model on disk
+
+
+def test_no_preoptimize_packs_the_model_as_given(keys, cnn_onnx, tmp_path):
+    bundle = pack(cnn_onnx, "digits", 1, keys["private"], tmp_path / "asis.edgeship", preoptimize=False)
+    verified = verify_bundle(bundle, load_public_keys(keys["public"]))
+    assert verified.model_bytes == Path(cnn_onnx).read_bytes()
+    assert verified.manifest["runtime"]["graph_optimization"].startswith("none")
 
 
 def test_two_encrypted_bundles_use_fresh_nonces(bundles, keys, cnn_onnx, tmp_path):
@@ -89,6 +99,15 @@ def test_a_flipped_byte_in_any_member_is_refused(member, bundles, keys, tmp_path
     bad = _rewrite(bundles["encrypted"], tmp_path / "bad.edgeship", member, _flip)
     with pytest.raises(BundleError, match="signature|signed digest"):
         verify_bundle(bad, load_public_keys(keys["public"]), load_content_key(keys["content"]))
+
+
+def test_a_compressed_member_is_refused(bundles, keys, tmp_path):
+    with zipfile.ZipFile(bundles["plain"]) as archive, \
+            zipfile.ZipFile(tmp_path / "deflated.edgeship", "w", compression=zipfile.ZIP_DEFLATED) as out:
+        for info in archive.infolist():
+            out.writestr(info.filename, archive.read(info))
+    with pytest.raises(BundleError, match="is compressed"):
+        verify_bundle(tmp_path / "deflated.edgeship", load_public_keys(keys["public"]))
 
 
 def test_a_flipped_byte_in_the_file_is_refused(bundles, keys, tmp_path):

@@ -332,6 +332,8 @@ def pack(
     encrypt_key: Optional[Path] = typer.Option(None, "--encrypt-key", help="content.key: encrypt the model (AES-256-GCM)."),
     target: Optional[str] = typer.Option(None, "--target", help="The device profile this bundle is for."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="A text file with one class label per line."),
+    preoptimize: bool = typer.Option(True, "--preoptimize/--no-preoptimize",
+                                     help="Apply ONNX Runtime's portable graph optimizations now, so devices load faster."),
 ) -> None:
     """Pack a model into one signed (optionally encrypted) bundle with a manifest."""
     from edgeship.bundle.pack import pack as pack_bundle
@@ -343,7 +345,7 @@ def pack(
                 label_list = [l.strip() for l in labels.read_text().splitlines() if l.strip()]
             except OSError as exc:
                 raise EdgeshipError(f"cannot read --labels {str(labels)!r}: {exc.strerror}.") from None
-        return pack_bundle(model, name, version, sign_key, out, encrypt_key, target, label_list)
+        return pack_bundle(model, name, version, sign_key, out, encrypt_key, target, label_list, preoptimize)
 
     path = _guard(work)
     console.print(f"packed {name} v{version} -> {path} ({path.stat().st_size:,} bytes)", highlight=False)

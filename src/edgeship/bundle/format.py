@@ -23,6 +23,9 @@ import hashlib
 import io
 import json
 import os
+import struct
+import threading
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,7 @@ FORMAT = "edgeship.bundle"
 FORMAT_VERSION = 1
 MAX_MEMBER_BYTES = 4 << 30  # 4 GiB: larger members are refused before they are read
 MAX_MANIFEST_BYTES = 4 << 20
+MAX_BUNDLE_BYTES = (4 << 30) + (64 << 20)  # one model, a self-test and the manifest
 NONCE_BYTES = 12
 
 
@@ -67,35 +71,55 @@ def aad(name: str, version: int) -> bytes:
     return json.dumps({"name": name, "version": int(version)}, sort_keys=True).encode()
 
 
-def _read_members(path: Path) -> dict[str, bytes]:
+def _read_members(path: Path) -> dict[str, memoryview]:
+    """Read the bundle once into private memory and return each member as a view into it.
+
+    The checks later (signature, digests) and the use (decryption, loading) then see the same
+    bytes, even if the file changes meanwhile. Members are stored, not compressed, so no
+    decompressor touches unverified data; zip's CRC is not checked (the sha256 digests are).
+    """
     try:
-        archive = zipfile.ZipFile(path)
+        size = path.stat().st_size
     except FileNotFoundError:
         raise BundleError(f"bundle not found: {str(path)!r}.") from None
-    except (zipfile.BadZipFile, OSError) as exc:
+    except OSError as exc:
+        raise BundleError(f"cannot read bundle {str(path)!r}: {exc.strerror}.") from None
+    if size > MAX_BUNDLE_BYTES:
+        raise BundleError(f"{str(path)!r} is {size} bytes, over the {MAX_BUNDLE_BYTES}-byte limit for a bundle.")
+    data = path.read_bytes()
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise BundleError(f"{str(path)!r} is not a readable bundle (truncated or not an .edgeship file: {exc}).") from None
     with archive:
         infos = archive.infolist()
-        names = [i.filename for i in infos]
-        if len(set(names)) != len(names):
-            raise BundleError(f"{str(path)!r} has duplicate members; refusing it.")
-        allowed = {"manifest.json", "manifest.sig", "model.onnx", "model.onnx.enc", "selftest.npz"}
-        unexpected = sorted(set(names) - allowed)
-        if unexpected:
-            raise BundleError(f"{str(path)!r} has unexpected members {unexpected}: it is damaged (truncated?) "
-                              "or not an .edgeship bundle; refusing it.")
-        out = {}
-        for info in infos:
-            limit = MAX_MANIFEST_BYTES if info.filename.startswith("manifest") else MAX_MEMBER_BYTES
-            if info.file_size > limit:
-                raise BundleError(f"member {info.filename!r} claims {info.file_size} bytes, over the {limit}-byte limit.")
-            try:
-                data = archive.read(info)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise BundleError(f"member {info.filename!r} of {str(path)!r} cannot be read ({exc}); the file is damaged.") from None
-            if len(data) != info.file_size:
-                raise BundleError(f"member {info.filename!r} is {len(data)} bytes, the archive says {info.file_size}.")
-            out[info.filename] = data
+    names = [i.filename for i in infos]
+    if len(set(names)) != len(names):
+        raise BundleError(f"{str(path)!r} has duplicate members; refusing it.")
+    allowed = {"manifest.json", "manifest.sig", "model.onnx", "model.onnx.enc", "selftest.npz"}
+    unexpected = sorted(set(names) - allowed)
+    if unexpected:
+        raise BundleError(f"{str(path)!r} has unexpected members {unexpected}: it is damaged (truncated?) "
+                          "or not an .edgeship bundle; refusing it.")
+    view = memoryview(data)
+    out = {}
+    for info in infos:
+        limit = MAX_MANIFEST_BYTES if info.filename.startswith("manifest") else MAX_MEMBER_BYTES
+        if info.file_size > limit:
+            raise BundleError(f"member {info.filename!r} claims {info.file_size} bytes, over the {limit}-byte limit.")
+        if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+            raise BundleError(f"member {info.filename!r} is compressed; edgeship bundles store members as they are.")
+        start = info.header_offset
+        local = data[start:start + 30]
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            raise BundleError(f"member {info.filename!r} of {str(path)!r} has no local header; the file is damaged.")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        if data[start + 30:start + 30 + name_len] != info.filename.encode():
+            raise BundleError(f"member {info.filename!r} of {str(path)!r} disagrees with its local header; damaged file.")
+        begin = start + 30 + name_len + extra_len
+        if begin + info.file_size > len(data):
+            raise BundleError(f"member {info.filename!r} runs past the end of {str(path)!r}; the file is truncated.")
+        out[info.filename] = view[begin:begin + info.file_size]
     return out
 
 
@@ -104,14 +128,20 @@ def _check_signature(members: dict[str, bytes], trusted_keys: list[Any]) -> None
 
     if "manifest.json" not in members or "manifest.sig" not in members:
         raise BundleError("the bundle has no manifest or no signature; it cannot be verified.")
+    signature, manifest = bytes(members["manifest.sig"]), bytes(members["manifest.json"])
     for key in trusted_keys:
         try:
-            key.verify(members["manifest.sig"], members["manifest.json"])
+            key.verify(signature, manifest)
             return
         except InvalidSignature:
             continue
     raise BundleError("the manifest signature does not match any trusted key: the bundle was altered or signed "
                       "by someone else. Check --trust.")
+
+
+def _check_digest(name: str, data: memoryview, entry: dict[str, Any]) -> None:
+    if len(data) != entry.get("size") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise BundleError(f"member {name!r} does not match its signed digest: the bundle was altered.")
 
 
 def _state_file(state_dir: Path) -> Path:
@@ -156,7 +186,7 @@ def verify_bundle(
     members = _read_members(path)
     _check_signature(members, trusted_keys)
     try:
-        manifest = json.loads(members["manifest.json"])
+        manifest = json.loads(bytes(members["manifest.json"]))
     except ValueError:
         raise BundleError("the signed manifest is not JSON; the bundle was made by a broken packer.") from None
     if manifest.get("format") != FORMAT:
@@ -170,10 +200,13 @@ def verify_bundle(
     present = {k for k in members if not k.startswith("manifest")}
     if set(declared) != present:
         raise BundleError(f"the manifest lists members {sorted(declared)} but the bundle holds {sorted(present)}.")
-    for name, entry in declared.items():
-        digest = hashlib.sha256(members[name]).hexdigest()
-        if digest != entry.get("sha256") or len(members[name]) != entry.get("size"):
-            raise BundleError(f"member {name!r} does not match its signed digest: the bundle was altered.")
+    model_member = "model.onnx.enc" if manifest.get("encryption") else "model.onnx"
+    if set(declared) != {model_member, "selftest.npz"}:
+        raise BundleError(f"the bundle holds {sorted(declared)}; an {'encrypted' if manifest.get('encryption') else 'plain'} "
+                          f"bundle holds {sorted({model_member, 'selftest.npz'})}.")
+    for member in declared:
+        if member != model_member:
+            _check_digest(member, members[member], declared[member])
     name, version = str(manifest["name"]), int(manifest["version"])
     if state_dir is not None:
         last = accepted_versions(state_dir).get(name)
@@ -183,19 +216,39 @@ def verify_bundle(
                 "(anti-rollback); pass --allow-downgrade to install it anyway."
             )
     encryption = manifest.get("encryption")
+    if encryption and decrypt_key is None:
+        raise BundleError("the model is encrypted; pass --decrypt-key content.key.")
+    # The model's digest is checked in a thread while it is decrypted (hashlib lets go of the GIL);
+    # the plaintext is used only after the digest matched.
+    digest_error: list[BundleError] = []
+
+    def check_model() -> None:
+        try:
+            _check_digest(model_member, members[model_member], declared[model_member])
+        except BundleError as exc:
+            digest_error.append(exc)
+
+    hasher = threading.Thread(target=check_model, name="edgeship-digest")
+    hasher.start()
+    time.sleep(0)  # let the hasher start (and release the GIL) before decryption holds it
+    decrypt_error = None
+    model_bytes = b""
     if encryption:
-        if decrypt_key is None:
-            raise BundleError("the model is encrypted; pass --decrypt-key content.key.")
         from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        nonce = bytes.fromhex(encryption["nonce"])
         try:
-            model_bytes = AESGCM(decrypt_key).decrypt(nonce, members["model.onnx.enc"], aad(name, version))
+            nonce = bytes.fromhex(encryption["nonce"])
+            model_bytes = AESGCM(decrypt_key).decrypt(nonce, members[model_member], aad(name, version))
         except (InvalidTag, ValueError):
-            raise BundleError("the model does not decrypt with this key (wrong --decrypt-key, or altered data).") from None
-    else:
-        model_bytes = members["model.onnx"]
+            decrypt_error = BundleError("the model does not decrypt with this key (wrong --decrypt-key, or altered data).")
+    hasher.join()
+    if digest_error:
+        raise digest_error[0]
+    if decrypt_error is not None:
+        raise decrypt_error
+    if not encryption:
+        model_bytes = bytes(members[model_member])
     with np.load(io.BytesIO(members["selftest.npz"]), allow_pickle=False) as archive:
         selftest = {k: archive[k] for k in archive.files}
     if state_dir is not None and record:

@@ -50,6 +50,34 @@ def _source(model: Any) -> tuple[Path, dict[str, Any]]:
     return path, {"recipe": None, "lineage": [], "metrics": {}}
 
 
+def _preoptimize(onnx_path: Path, feeds: dict[str, np.ndarray], expected: np.ndarray,
+                 tolerance: dict[str, float]) -> tuple[bytes | None, str]:
+    """The model with ONNX Runtime's portable (extended) graph optimizations already applied.
+
+    Loading it on the device then skips most of the graph rewriting (MiniLM int8: 36 ms instead
+    of 58 ms to create the session here). Layout optimizations, which depend on the device's
+    CPU, are left to the device. Returns (bytes, note), or (None, why not).
+    """
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="edgeship-preopt-") as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        so.log_severity_level = 3
+        try:
+            ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+            data = Path(so.optimized_model_filepath).read_bytes()
+            if len(list(Path(tmp).iterdir())) > 1:
+                return None, "not pre-optimized: the optimized graph needs external data files"
+            got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        except Exception as exc:  # ONNX Runtime could not optimize or reload it: pack the model as given
+            return None, f"not pre-optimized: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=tolerance["rtol"], atol=tolerance["atol"]):
+        return None, "not pre-optimized: the optimized graph's output differed from the model's"
+    return data, "extended"
+
+
 def pack(
     model: Any,
     name: str,
@@ -59,8 +87,15 @@ def pack(
     encrypt_key: Path | str | None = None,
     target: str | None = None,
     labels: list[str] | None = None,
+    preoptimize: bool = True,
 ) -> Path:
-    """Write a .edgeship bundle; returns its path. The file appears only when complete."""
+    """Write a .edgeship bundle; returns its path. The file appears only when complete.
+
+    With ``preoptimize`` (the default) the bundle holds the graph after ONNX Runtime's portable
+    optimizations, checked against the model on the self-test input; the manifest records the
+    ONNX Runtime version that made it.
+    """
+    import onnxruntime as ort
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     from edgeship.importers.onnx_file import load_onnx
@@ -73,11 +108,16 @@ def pack(
     content_key = load_content_key(encrypt_key) if encrypt_key else None
     onnx_path, facts = _source(model)
     loaded = load_onnx(onnx_path)  # checked like any import
-    model_bytes = onnx_path.read_bytes()
+    source_bytes = onnx_path.read_bytes()
     if len(loaded.files) > 1:
         raise InvalidModelError("models with external data files cannot be bundled yet; save the weights inline.")
     feeds = reference_input(loaded.inputs)
     expected = loaded.session(1).run(None, feeds)[0]
+    tolerance = {"rtol": 1e-3, "atol": float(1e-3 * np.abs(expected).max() + 1e-5)}
+    model_bytes, optimization = None, "none (--no-preoptimize)"
+    if preoptimize:
+        model_bytes, optimization = _preoptimize(onnx_path, feeds, expected, tolerance)
+    model_bytes = model_bytes if model_bytes is not None else source_bytes
     selftest = io.BytesIO()
     np.savez(selftest, **{f"input.{k}": v for k, v in feeds.items()}, expected=expected)
     members = {"selftest.npz": selftest.getvalue()}
@@ -101,9 +141,11 @@ def pack(
         "recipe": facts["recipe"],
         "lineage": facts["lineage"],
         "metrics": facts["metrics"],
-        "selftest": {"rtol": 1e-3, "atol": float(1e-3 * np.abs(expected).max() + 1e-5)},
+        "selftest": tolerance,
         "encryption": encryption,
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "source_model_sha256": hashlib.sha256(source_bytes).hexdigest(),
+        "runtime": {"onnxruntime": ort.__version__, "graph_optimization": optimization},
         "members": {k: {"sha256": hashlib.sha256(v).hexdigest(), "size": len(v)} for k, v in members.items()},
     }
     manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()

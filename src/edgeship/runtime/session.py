@@ -55,7 +55,15 @@ class Runtime:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
-        session = ort.InferenceSession(bundle.model_bytes, so, providers=["CPUExecutionProvider"])
+        try:
+            session = ort.InferenceSession(bundle.model_bytes, so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # verified, but this ONNX Runtime cannot load it
+            made_by = bundle.manifest.get("runtime", {}).get("onnxruntime", "?")
+            raise BundleError(
+                f"{bundle.name} v{bundle.version} is authentic but ONNX Runtime {ort.__version__} cannot load it "
+                f"({str(exc).splitlines()[0][:200]}); it was packed with ONNX Runtime {made_by}: install that "
+                "version or newer, or repack with --no-preoptimize."
+            ) from None
         runtime = cls(bundle, session)
         runtime.self_test()
         if state_dir is not None:  # accepted only after the self-test passed
