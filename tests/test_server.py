@@ -364,3 +364,23 @@ def test_serve_refuses_to_start_on_a_bad_bundle(digits_bundles, keys, tmp_path):
            "--port", "0"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "encrypted; pass --decrypt-key" in done.stderr
+
+
+def test_readme_client_snippet_runs_against_the_server(keys, tmp_path, capsys):
+    import torch
+
+    import edgeship
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "InferenceServerClient" in b]
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 32 * 32, 10)).eval()
+    model = edgeship.from_torch(net, torch.zeros(1, 1, 32, 32), input_names=["image"], output_names=["logits"])
+    bundle = pack(model.path, "digits", 1, keys["private"], tmp_path / "digits.edgeship")
+    with running_server([bundle], keys) as (port, _):
+        exec(compile(snippet.replace("127.0.0.1:8000", f"127.0.0.1:{port}"), "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    expected = net(torch.zeros(1, 1, 32, 32)).detach().numpy()
+    values = [float(v) for v in printed.replace("[", " ").replace("]", " ").split()]
+    np.testing.assert_allclose(values, expected.reshape(-1), rtol=1e-4, atol=1e-5)

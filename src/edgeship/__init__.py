@@ -7,6 +7,8 @@ The public API loads lazily, so ``import edgeship`` stays light (no torch, no on
     result = edgeship.optimize(model, data="calib.npz", eval_data="eval.npz")
     result.best, result.candidates
     result.report("edgeship-out")
+    bundle = edgeship.pack("edgeship-out", "my-model", 1, "keys/signing.key", "my-model-1.edgeship")
+    runtime = edgeship.Runtime.open(bundle, trusted_keys="keys/signing.pub")
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ __all__ = [
     "Recipe",
     "Model",
     "EdgeshipError",
+    "generate_keys",
+    "pack",
+    "verify",
+    "Runtime",
 ]
 
 _LAZY = {
@@ -37,6 +43,10 @@ _LAZY = {
     "Recipe": ("edgeship.recipes", "Recipe"),
     "Model": ("edgeship.model", "Model"),
     "EdgeshipError": ("edgeship.errors", "EdgeshipError"),
+    "generate_keys": ("edgeship.bundle.keys", "generate_keys"),
+    "pack": ("edgeship.bundle.pack", "pack"),
+    "verify": ("edgeship.bundle.format", "verify_bundle"),
+    "Runtime": ("edgeship.runtime", "Runtime"),
 }
 
 
