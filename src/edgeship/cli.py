@@ -414,7 +414,7 @@ def run(
 
 @app.command()
 def serve(
-    bundles: list[Path] = typer.Argument(..., help="One or more .edgeship files (several versions of a name are fine)."),
+    bundles: list[Path] = typer.Argument(..., help="One or more .edgeship files (several versions of a name are fine), or `edgeship agent` state directories (served from their current slot, reloaded when the agent switches)."),
     trust: list[Path] = typer.Option(..., "--trust", help="Trusted public key(s), signing.pub."),
     decrypt_key: Optional[Path] = typer.Option(None, "--decrypt-key", help="content.key, for encrypted bundles."),
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Where this device remembers accepted versions."),
@@ -457,6 +457,161 @@ def serve(
                       settings, on_listening=listening)
 
     _guard(work)
+
+
+repo_app = typer.Typer(no_args_is_help=True, help="A TUF-secured static update repository for model bundles.")
+fleet_app = typer.Typer(no_args_is_help=True, help="Fleet status: where every device stands.")
+app.add_typer(repo_app, name="repo")
+app.add_typer(fleet_app, name="fleet")
+
+
+@repo_app.command("init")
+def repo_init(
+    directory: Path = typer.Argument(..., help="A new folder for the repository."),
+    timestamp_hours: float = typer.Option(24.0, "--timestamp-hours", help="How long a timestamp stays valid."),
+    snapshot_days: float = typer.Option(30.0, "--snapshot-days", help="How long a snapshot stays valid."),
+    targets_days: float = typer.Option(90.0, "--targets-days", help="How long targets metadata stays valid."),
+    root_days: float = typer.Option(365.0, "--root-days", help="How long root metadata stays valid."),
+) -> None:
+    """Create keys and signed TUF metadata (root, targets, snapshot, timestamp)."""
+    from edgeship.ota.repository import RepoSettings, init_repo
+
+    root = _guard(lambda: init_repo(directory, RepoSettings(root_days, targets_days, snapshot_days, timestamp_hours)))
+    console.print(f"repository in {directory}: serve {directory / 'public'} over HTTP; devices ship {root}; "
+                  f"keep {directory / 'keys'} private (offline, ideally).", highlight=False)
+
+
+@repo_app.command("timestamp")
+def repo_timestamp(directory: Path = typer.Argument(..., help="The repository folder.")) -> None:
+    """Re-sign timestamp.json (run it more often than --timestamp-hours, e.g. from cron)."""
+    from edgeship.ota.repository import refresh_timestamp
+
+    version = _guard(lambda: refresh_timestamp(directory))
+    console.print(f"timestamp v{version} signed", highlight=False)
+
+
+@repo_app.command("rollout")
+def repo_rollout(
+    directory: Path = typer.Argument(..., help="The repository folder."),
+    model: str = typer.Option(..., "--model", help="Model name."),
+    version: int = typer.Option(..., "--version", help="The published version to change."),
+    percent: float = typer.Option(..., "--percent", help="Share of devices, 0-100, chosen by a stable hash of the device id."),
+    channel: str = typer.Option("stable", "--channel", help="stable or canary."),
+) -> None:
+    """Change how many devices a published release reaches."""
+    from edgeship.ota.repository import set_rollout
+
+    _guard(lambda: set_rollout(directory, model, version, percent, channel))
+    console.print(f"{model} v{version} on {channel}: rollout {percent:g}%", highlight=False)
+
+
+@app.command()
+def publish(
+    bundle: Path = typer.Argument(..., help="A .edgeship bundle."),
+    repo: Path = typer.Option(..., "--repo", help="The repository folder (from `edgeship repo init`)."),
+    channel: str = typer.Option("stable", "--channel", help="stable or canary."),
+    rollout: float = typer.Option(100.0, "--rollout", help="Share of devices that take it, 0-100."),
+    trust: Optional[list[Path]] = typer.Option(None, "--trust", help="Check the bundle's signature against these keys first."),
+) -> None:
+    """Add a bundle to the update repository as the newest release of its model on a channel."""
+    from edgeship.ota.repository import publish as publish_bundle
+
+    def work() -> Any:
+        keys = None
+        if trust:
+            from edgeship.bundle.keys import load_public_keys
+
+            keys = load_public_keys(list(trust))
+        return publish_bundle(repo, bundle, channel, rollout, keys)
+
+    index = _guard(work)
+    latest = index["releases"][-1]
+    console.print(f"published {index['model']} v{latest['version']} on {channel} ({latest['rollout']:g}% rollout)",
+                  highlight=False)
+
+
+@app.command()
+def agent(
+    repo_url: str = typer.Option(..., "--repo-url", help="Where the repository's public folder is served."),
+    root: Path = typer.Option(..., "--root", help="The repository's root.json that this device shipped with."),
+    state_dir: Path = typer.Option(..., "--state-dir", help="The device's A/B slots and update state."),
+    model: str = typer.Option(..., "--model", help="The model this device runs."),
+    trust: list[Path] = typer.Option(..., "--trust", help="Trusted bundle signing key(s), signing.pub."),
+    decrypt_key: Optional[Path] = typer.Option(None, "--decrypt-key", help="content.key, for encrypted bundles."),
+    channel: str = typer.Option("stable", "--channel", help="stable or canary."),
+    device_id: Optional[str] = typer.Option(None, "--device-id", help="Default: generated once and kept in the state dir."),
+    health_url: Optional[str] = typer.Option(None, "--health-url",
+                                             help="The local `edgeship serve STATE_DIR`, checked after each switch."),
+    fleet_url: Optional[str] = typer.Option(None, "--fleet-url", help="`edgeship fleet serve` to report to."),
+    interval: Optional[float] = typer.Option(None, "--interval", help="Check every S seconds (with 10% jitter)."),
+    once: bool = typer.Option(False, "--once", help="Check once and exit (status 1 if an update was refused)."),
+) -> None:
+    """Keep a model up to date from the repository: verify, A/B install, self-test, health check, commit or roll back."""
+    from edgeship.ota.agent import Agent, AgentConfig
+
+    if once == (interval is not None):
+        err_console.print("[bold red]error:[/] give exactly one of --once or --interval S.", highlight=False)
+        raise typer.Exit(2)
+
+    def show(result: Any) -> None:
+        recovered = result.details.get("recovered")
+        if recovered:
+            console.print(f"recovered: {recovered}", highlight=False)
+        style = "green" if result.status in ("updated", "up-to-date") else "bold red"
+        console.print(f"[{style}]{result.status}[/]: {result.message}", highlight=False)
+        sys.stdout.flush()
+
+    def work() -> Any:
+        from edgeship.bundle.keys import load_content_key, load_public_keys
+
+        config = AgentConfig(repo_url, root, state_dir, model, load_public_keys(list(trust)),
+                             load_content_key(decrypt_key) if decrypt_key else None, channel, device_id,
+                             health_url, fleet_url)
+        return Agent(config).run(interval, on_result=show)
+
+    result = _guard(work)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@fleet_app.command("serve")
+def fleet_serve(
+    db: Path = typer.Option(Path("fleet.sqlite"), "--db", help="SQLite file for the reports."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8100, "--port"),
+) -> None:
+    """Receive agents' reports (POST /v1/reports) and serve them (GET /v1/devices)."""
+    import uvicorn
+
+    from edgeship.ota.fleet import create_fleet_app
+
+    app_ = _guard(lambda: create_fleet_app(db))
+    console.print(f"fleet status on http://{host}:{port}/v1/devices (reports in {db})", highlight=False)
+    sys.stdout.flush()
+    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
+
+
+@fleet_app.command("status")
+def fleet_status(
+    url: str = typer.Option("http://127.0.0.1:8100", "--url", help="The fleet service."),
+    model: Optional[str] = typer.Option(None, "--model", help="Only this model."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Print every device's model, version, slot, health and last error."""
+    from edgeship.ota.fleet import fetch_status
+
+    rows = _guard(lambda: fetch_status(url, model))
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"fleet: {len(rows)} device(s)", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("device", "model", "channel", "version", "slot", "health", "last error", "reported"):
+        table.add_column(column, no_wrap=column != "last error")
+    for r in rows:
+        health = r.get("health") or ""
+        table.add_row(r["device_id"], r["model"], r.get("channel") or "", str(r.get("version") or "-"),
+                      r.get("slot") or "-", f"[green]{health}[/]" if health == "ok" else f"[red]{health}[/]",
+                      r.get("last_error") or "", r.get("reported_at") or "")
+    console.print(table)
 
 
 def main() -> None:

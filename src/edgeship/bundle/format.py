@@ -35,7 +35,7 @@ import numpy as np
 
 from edgeship.errors import EdgeshipError
 
-__all__ = ["BundleError", "VerifiedBundle", "verify_bundle", "FORMAT", "FORMAT_VERSION", "MAX_MEMBER_BYTES"]
+__all__ = ["BundleError", "VerifiedBundle", "verify_bundle", "read_manifest", "FORMAT", "FORMAT_VERSION", "MAX_MEMBER_BYTES"]
 
 FORMAT = "edgeship.bundle"
 FORMAT_VERSION = 1
@@ -171,6 +171,29 @@ def record_accepted(state_dir: Path | str, name: str, version: int) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, _state_file(state_dir))
+
+
+def read_manifest(path: Path | str, trusted_keys: list[Any] | None = None) -> dict[str, Any]:
+    """The manifest of a bundle, without decrypting it. With ``trusted_keys``, the signature
+    and every member's digest are checked first; without, the manifest is only parsed (for
+    tools that pass the bundle on to a device, which verifies it)."""
+    members = _read_members(Path(path))
+    if "manifest.json" not in members:
+        raise BundleError(f"{str(path)!r} has no manifest.json; it is not an edgeship bundle.")
+    if trusted_keys is not None:
+        _check_signature(members, trusted_keys)
+    try:
+        manifest = json.loads(bytes(members["manifest.json"]))
+        str(manifest["name"]), int(manifest["version"])
+    except (ValueError, KeyError, TypeError):
+        raise BundleError(f"the manifest of {str(path)!r} is not a bundle manifest.") from None
+    if trusted_keys is not None:
+        declared = manifest.get("members", {})
+        if set(declared) != {k for k in members if not k.startswith("manifest")}:
+            raise BundleError("the manifest's member list does not match the bundle's members.")
+        for member, entry in declared.items():
+            _check_digest(member, members[member], entry)
+    return manifest
 
 
 def verify_bundle(

@@ -16,8 +16,10 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import os
 import signal
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +72,7 @@ class ServeSettings:
     cache_size: int = 0  # LRU entries of results per model; 0: no cache
     idle_unload_s: float | None = None  # unload a model idle this long; reload on the next request
     graceful_timeout_s: float = 30.0  # on shutdown, how long in-flight requests may take
+    reload_poll_s: float = 0.5  # how often a served state directory is checked for a new bundle
 
     def check(self) -> None:
         for name in ("threads", "max_batch_size", "max_queue", "max_request_bytes"):
@@ -113,6 +116,9 @@ class _Metrics:
         self.loaded = Gauge("edgeship_model_loaded", "1 while the model is in memory.", labels, registry=self.registry)
         self.loads = Counter("edgeship_model_loads", "Verified loads, including reloads after an idle unload.",
                              labels, registry=self.registry)
+        self.reload_failures = Counter("edgeship_model_reload_failures",
+                                       "New bundles in a state directory that were refused (the old one kept serving).",
+                                       ["model"], registry=self.registry)
 
 
 class _LRU:
@@ -143,27 +149,64 @@ class _LRU:
 
 
 class ModelHost:
-    """One verified bundle version: its runtime (or none while unloaded), batcher and cache."""
+    """One served model: its runtime (or none while unloaded), batcher and cache.
+
+    ``path`` is a bundle file, or an update agent's state directory: then the host serves
+    ``current/bundle.edgeship`` and, when the agent switches ``current``, verifies and loads
+    the new bundle beside the old one and swaps them between requests (no request fails).
+    """
 
     def __init__(self, path: Path, trust: Trust, settings: ServeSettings, metrics: _Metrics) -> None:
-        self.path, self.trust, self.settings, self.metrics = Path(path), trust, settings, metrics
+        self.source, self.trust, self.settings, self.metrics = Path(path), trust, settings, metrics
+        self.slotted = self.source.is_dir()
+        if self.slotted and not (self.source / "current").exists():
+            raise ConfigError(f"{str(self.source)!r} is a folder without current/bundle.edgeship; give a .edgeship "
+                              "file, or an `edgeship agent` state directory after its first update.")
+        self._source_key = self._key()
         self.runtime: Runtime | None = self._open()
-        self.manifest = self.runtime.manifest
-        self.name, self.version = str(self.manifest["name"]), int(self.manifest["version"])
-        self.output_names = [s["name"] for s in self.manifest["outputs"]]
-        self.batched = has_batch_axis(self.manifest)
-        self.labels = {"model": self.name, "version": str(self.version)}
+        self.name = str(self.runtime.manifest["name"])
+        self._adopt(self.runtime)
         self.cache = _LRU(settings.cache_size) if settings.cache_size else None
         self.last_used = time.monotonic()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"edgeship-{self.name}")
         self._load_lock: asyncio.Lock | None = None
         self.batcher: DynamicBatcher | None = None
-        metrics.loads.labels(**self.labels).inc()
-        metrics.loaded.labels(**self.labels).set(1)
+        self.reload_error: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.source / "current" / "bundle.edgeship" if self.slotted else self.source
+
+    def _key(self) -> tuple[Any, ...]:
+        """What identifies the bundle being served: the slot link and the file's identity."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            return (None,)
+        link = os.readlink(self.source / "current") if self.slotted else None
+        return (link, st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _open(self) -> Runtime:
         t = self.trust
-        return Runtime.open(self.path, t.keys, t.decrypt_key, self.settings.threads, t.state_dir, t.allow_downgrade)
+        # the update agent records versions when it commits them; a server only checks
+        return Runtime.open(self.path, t.keys, t.decrypt_key, self.settings.threads, t.state_dir,
+                            t.allow_downgrade, record=not self.slotted)
+
+    def _adopt(self, runtime: Runtime) -> None:
+        """Make ``runtime`` the served one (its manifest, version and metric labels)."""
+        old = getattr(self, "labels", None)
+        self.runtime, self.manifest = runtime, runtime.manifest
+        self.version = int(self.manifest["version"])
+        self.output_names = [s["name"] for s in self.manifest["outputs"]]
+        self.batched = has_batch_axis(self.manifest)
+        self.labels = {"model": self.name, "version": str(self.version)}
+        if old is not None and old != self.labels:
+            self.metrics.loaded.labels(**old).set(0)
+        self.metrics.loads.labels(**self.labels).inc()
+        self.metrics.loaded.labels(**self.labels).set(1)
+        self.metrics.queue.labels(**self.labels).set_function(lambda: self.batcher.depth if self.batcher else 0)
+        if getattr(self, "cache", None) is not None:
+            self.cache = _LRU(self.settings.cache_size)  # results of the old model are not this one's
 
     def start(self) -> None:
         """Start the batcher (needs the running event loop)."""
@@ -173,9 +216,8 @@ class ModelHost:
             self.settings.max_batch_size if self.batched else 1,
             None if self.settings.max_queue_delay_ms is None else self.settings.max_queue_delay_ms / 1000.0,
             self.settings.max_queue,
-            on_batch=self.metrics.batch.labels(**self.labels).observe,
+            on_batch=lambda rows: self.metrics.batch.labels(**self.labels).observe(rows),
         )
-        self.metrics.queue.labels(**self.labels).set_function(lambda: self.batcher.depth if self.batcher else 0)
         self.batcher.start()
 
     async def stop(self) -> None:
@@ -191,15 +233,39 @@ class ModelHost:
         async with self._load_lock:
             if self.runtime is None:
                 try:
-                    runtime = await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+                    self._source_key = self._key()
+                    runtime = await asyncio.get_running_loop().run_in_executor(None, self._open)
                 except BundleError as exc:
                     raise ProtocolError(f"{self.name} v{self.version} could not be reloaded: {exc}", 503) from None
-                if (runtime.manifest["name"], int(runtime.manifest["version"])) != (self.name, self.version):
+                if str(runtime.manifest["name"]) != self.name or (
+                        not self.slotted and int(runtime.manifest["version"]) != self.version):
                     raise ProtocolError(f"{self.path} now holds another model; restart the server to serve it.", 503)
-                self.runtime = runtime
-                self.metrics.loads.labels(**self.labels).inc()
-                self.metrics.loaded.labels(**self.labels).set(1)
-            return self.runtime
+                self._adopt(runtime)
+            return self.runtime  # type: ignore[return-value]
+
+    async def reload_if_changed(self) -> bool:
+        """For a state directory: when ``current`` moved, verify and load the new bundle, then swap."""
+        if not self.slotted or self._load_lock is None:
+            return False
+        key = self._key()
+        if key == self._source_key or key == (None,):
+            return False
+        async with self._load_lock:
+            self._source_key = key
+            try:
+                runtime = await asyncio.get_running_loop().run_in_executor(None, self._open)
+            except Exception as exc:  # keep serving the model we have
+                self.reload_error = f"{self.path}: {exc}"
+                self.metrics.reload_failures.labels(model=self.name).inc()
+                print(f"edgeship serve: kept {self.name} v{self.version}; the new bundle was refused: {exc}",
+                      file=sys.stderr, flush=True)
+                return False
+            if str(runtime.manifest["name"]) != self.name:
+                self.reload_error = f"{self.path} now holds {runtime.manifest['name']}, not {self.name}"
+                return False
+            self.reload_error = None
+            self._adopt(runtime)  # requests already running finish on the old runtime they hold
+            return True
 
     def unload_if_idle(self, now: float) -> bool:
         idle = self.settings.idle_unload_s
@@ -235,18 +301,24 @@ class ModelHost:
 
 
 class _Registry:
+    """Served models by name and version; looked up per request (a state directory's version changes)."""
+
     def __init__(self, hosts: list[ModelHost]) -> None:
-        self.by_name: dict[str, dict[int, ModelHost]] = {}
+        self.hosts = hosts
+        seen: dict[tuple[str, int], ModelHost] = {}
         for host in hosts:
-            versions = self.by_name.setdefault(host.name, {})
-            if host.version in versions:
-                raise ConfigError(f"{host.name} v{host.version} is given twice ({versions[host.version].path} "
-                                  f"and {host.path}); give each version once.")
-            versions[host.version] = host
+            other = seen.get((host.name, host.version))
+            if other is not None:
+                raise ConfigError(f"{host.name} v{host.version} is given twice ({other.source} and {host.source}); "
+                                  "give each version once.")
+            seen[(host.name, host.version)] = host
 
     @property
-    def hosts(self) -> list[ModelHost]:
-        return [h for versions in self.by_name.values() for h in versions.values()]
+    def by_name(self) -> dict[str, dict[int, ModelHost]]:
+        out: dict[str, dict[int, ModelHost]] = {}
+        for host in self.hosts:
+            out.setdefault(host.name, {})[host.version] = host
+        return out
 
     def get(self, name: str, version: str | None = None) -> ModelHost:
         versions = self.by_name.get(name)
@@ -349,11 +421,20 @@ def create_app(bundles: list[Path], trust: Trust, settings: ServeSettings | None
                     for host in registry.hosts:
                         host.unload_if_idle(time.monotonic())
             idle_task = asyncio.get_running_loop().create_task(unload_idle())
+        watch_task = None
+        if any(h.slotted for h in registry.hosts):
+            async def watch_slots() -> None:
+                while True:
+                    await asyncio.sleep(settings.reload_poll_s)
+                    for host in registry.hosts:
+                        await host.reload_if_changed()
+            watch_task = asyncio.get_running_loop().create_task(watch_slots())
         state["ready"] = True
         yield
         state["ready"] = False  # uvicorn has stopped accepting and finished in-flight requests
-        if idle_task is not None:
-            idle_task.cancel()
+        for task in (idle_task, watch_task):
+            if task is not None:
+                task.cancel()
         for host in registry.hosts:
             await host.stop()
 

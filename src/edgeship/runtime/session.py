@@ -43,8 +43,13 @@ class Runtime:
         threads: int = 2,
         state_dir: Path | str | None = None,
         allow_downgrade: bool = False,
+        record: bool = True,
     ) -> "Runtime":
-        """Verify (signature, digests, version, decryption), load from memory, run the self-test."""
+        """Verify (signature, digests, version, decryption), load from memory, run the self-test.
+
+        With ``state_dir``, a version lower than the one accepted there is refused, and this one
+        is recorded as accepted after its self-test (``record=False`` leaves recording to the
+        caller: the update agent records a version only when it commits it)."""
         import onnxruntime as ort
 
         from edgeship.bundle.keys import load_content_key
@@ -66,7 +71,7 @@ class Runtime:
             ) from None
         runtime = cls(bundle, session)
         runtime.self_test()
-        if state_dir is not None:  # accepted only after the self-test passed
+        if state_dir is not None and record:  # accepted only after the self-test passed
             from edgeship.bundle.format import record_accepted
 
             record_accepted(state_dir, bundle.name, bundle.version)

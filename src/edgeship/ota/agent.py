@@ -1,0 +1,437 @@
+"""The device agent: TUF-verified updates into A/B slots, self-test, health check, commit or roll back.
+
+State directory (``--state-dir``)::
+
+    current -> slots/a            the slot being served (a symlink, switched by atomic rename)
+    slots/a/bundle.edgeship       one verified bundle per slot
+    slots/b/bundle.edgeship
+    agent.json                    active slot, versions per slot, pending update, last error, history
+    accepted-versions.json        anti-rollback: the highest version committed per model
+    device-id                     this device's id (generated once, unless --device-id is given)
+    tuf/                          python-tuf's trusted metadata cache
+    downloads/                    verified-by-TUF downloads, deleted after install
+
+One update runs these steps: refresh the TUF metadata and read the channel index (download),
+check the bundle (verify: signature, digests, anti-rollback, decryption), copy it into the
+inactive slot (install), point ``current`` at it (switch), open it with its self-test
+(self-test), ask the running server to serve it (health), and record it (commit). A failed
+self-test or health check switches back. Every state change is written to a temporary file,
+fsynced and renamed, and ``agent.json`` records a pending update before the switch; an agent
+killed at any point finds ``current`` on a verified slot, and on restart finishes or undoes
+the pending update.
+
+Tests pause the agent inside a step with ``EDGESHIP_AGENT_PAUSE=<step>`` (it prints
+``paused at <step>`` and sleeps) to kill it there.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeship.bundle.format import BundleError, record_accepted, verify_bundle
+from edgeship.errors import ConfigError, EdgeshipError
+
+__all__ = ["AgentConfig", "Agent", "UpdateResult", "STEPS", "rollout_bucket"]
+
+STEPS = ("download", "verify", "install", "switch", "self-test", "health", "commit")
+SLOTS = ("a", "b")
+HISTORY = 50
+
+
+def rollout_bucket(device_id: str, model: str) -> float:
+    """A stable number in [0, 100) for this device and model: a release with rollout R reaches
+    the devices whose bucket is below R, so raising R only ever adds devices."""
+    digest = hashlib.sha256(f"{device_id}/{model}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 10000 / 100.0
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _pause(step: str) -> None:
+    if os.environ.get("EDGESHIP_AGENT_PAUSE") == step:
+        print(f"paused at {step}", flush=True)
+        time.sleep(3600)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    repo_url: str
+    root: Path  # the repository's root.json that this device shipped with
+    state_dir: Path
+    model: str
+    trusted_keys: list[Any]  # bundle signing keys
+    decrypt_key: bytes | None = None
+    channel: str = "stable"
+    device_id: str | None = None
+    health_url: str | None = None  # the local `edgeship serve` that serves this state directory
+    fleet_url: str | None = None
+    health_timeout_s: float = 30.0
+    threads: int = 1
+
+
+@dataclass
+class UpdateResult:
+    status: str  # up-to-date | updated | refused | rolled-back | waiting
+    version: int | None
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("up-to-date", "updated", "waiting")
+
+
+class _StepError(Exception):
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(reason)
+        self.step, self.reason = step, reason
+
+
+class Agent:
+    """Keeps one model on this device up to date from a TUF repository."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.dir = Path(config.state_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for sub in ("tuf", "downloads", "slots/a", "slots/b"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            self.root_bytes = Path(config.root).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --root {str(config.root)!r}: {exc.strerror}; it is the repository's "
+                              "root.json that devices ship with.") from None
+        self.device_id = config.device_id or self._device_id()
+        self.state = self._load_state()
+
+    # -- state -------------------------------------------------------------------------
+    def _device_id(self) -> str:
+        path = self.dir / "device-id"
+        if path.is_file():
+            return path.read_text().strip()
+        device_id = f"dev-{uuid.uuid4().hex[:12]}"
+        _write_atomic(path, device_id.encode())
+        return device_id
+
+    def _load_state(self) -> dict[str, Any]:
+        path = self.dir / "agent.json"
+        if not path.is_file():
+            return {"model": self.config.model, "active": None, "versions": {}, "pending": None,
+                    "last_error": None, "failed_versions": [], "history": []}
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            raise EdgeshipError(f"{str(path)!r} is corrupt; the agent writes it atomically, so the disk or "
+                                "someone else damaged it. Restore it or remove the state directory.") from None
+
+    def _save_state(self) -> None:
+        self.state["history"] = self.state["history"][-HISTORY:]
+        _write_atomic(self.dir / "agent.json", json.dumps(self.state, indent=2).encode())
+
+    def _event(self, event: str, version: int | None, detail: str = "") -> None:
+        self.state["history"].append({"time": _now(), "event": event, "version": version, "detail": detail})
+
+    def bundle_path(self, slot: str) -> Path:
+        return self.dir / "slots" / slot / "bundle.edgeship"
+
+    def current_slot(self) -> str | None:
+        link = self.dir / "current"
+        if not link.is_symlink():
+            return None
+        target = os.readlink(link)
+        slot = Path(target).name
+        return slot if slot in SLOTS else None
+
+    def _switch(self, slot: str, pause: bool = False) -> None:
+        tmp = self.dir / ".current.tmp"
+        tmp.unlink(missing_ok=True)
+        os.symlink(f"slots/{slot}", tmp)
+        os.replace(tmp, self.dir / "current")  # atomic: readers see the old slot or the new one
+        if pause:
+            _pause("switch")
+        _fsync_dir(self.dir)
+
+    @property
+    def active_version(self) -> int | None:
+        slot = self.state.get("active")
+        return self.state["versions"].get(slot) if slot else None
+
+    # -- recovery ----------------------------------------------------------------------
+    def _verified(self, slot: str, rollback_check: bool = False) -> Any:
+        return verify_bundle(self.bundle_path(slot), self.config.trusted_keys, self.config.decrypt_key,
+                             self.dir if rollback_check else None, record=False)
+
+    def recover(self) -> str | None:
+        """Finish or undo an update interrupted by a crash; returns what was done."""
+        for leftover in list(self.dir.glob("slots/*/.bundle.*")) + list((self.dir / "downloads").iterdir()):
+            if leftover.is_file():
+                leftover.unlink()
+        pending = self.state.get("pending")
+        current = self.current_slot()
+        if pending is None:
+            if current != self.state.get("active") and self.state.get("active"):
+                self._switch(self.state["active"])  # current drifted from the committed slot
+                return f"restored current to committed slot {self.state['active']}"
+            return None
+        slot, version = pending["slot"], pending["version"]
+        if current != slot:  # killed before the switch: the new slot was never live
+            self.state["pending"] = None
+            self._event("interrupted", version, f"update interrupted before the switch (step {pending.get('step')})")
+            self._save_state()
+            return f"discarded an update to v{version} interrupted before the switch"
+        try:  # killed after the switch: finish the checks, then commit or roll back
+            self._check_live(slot, version)
+        except _StepError as exc:
+            self._roll_back(slot, version, exc)
+            return f"rolled back interrupted update to v{version}: {exc.reason}"
+        self._commit(slot, version)
+        return f"finished interrupted update to v{version}"
+
+    # -- one check ---------------------------------------------------------------------
+    def check_once(self) -> UpdateResult:
+        recovered = self.recover()
+        try:
+            result = self._update()
+        except _StepError as exc:
+            self.state["last_error"] = f"{exc.step}: {exc.reason}"
+            self._event("refused", None, self.state["last_error"])
+            self._save_state()
+            result = UpdateResult("refused", self.active_version, f"update refused at {exc.step}: {exc.reason}")
+        if recovered:
+            result.details["recovered"] = recovered
+        self.report(result)
+        return result
+
+    def _choose(self, index: dict[str, Any]) -> dict[str, Any] | None:
+        bucket = rollout_bucket(self.device_id, self.config.model)
+        eligible = [r for r in index.get("releases", []) if isinstance(r, dict) and bucket < float(r.get("rollout", 0))]
+        return max(eligible, key=lambda r: int(r["version"]), default=None)
+
+    def _update(self) -> UpdateResult:
+        from tuf.ngclient import Updater
+
+        cfg = self.config
+        base = cfg.repo_url.rstrip("/")
+        try:
+            updater = Updater(str(self.dir / "tuf"), f"{base}/metadata/", str(self.dir / "downloads"),
+                              f"{base}/targets/", bootstrap=self.root_bytes)
+            updater.refresh()
+            index_info = updater.get_targetinfo(f"{cfg.model}/{cfg.channel}.json")
+            if index_info is None:
+                return UpdateResult("up-to-date", self.active_version,
+                                    f"{cfg.model} has no release on {cfg.channel} yet")
+            index = json.loads(Path(updater.download_target(index_info)).read_bytes())
+            release = self._choose(index)
+            active = self.active_version or 0
+            if release is None or int(release["version"]) <= active:
+                return UpdateResult("up-to-date", self.active_version,
+                                    f"{cfg.model} is up to date at v{active}" if active else "no release for this device yet")
+            version = int(release["version"])
+            if version in self.state["failed_versions"]:
+                return UpdateResult("up-to-date", self.active_version,
+                                    f"v{version} failed on this device before; staying on v{active}")
+            info = updater.get_targetinfo(str(release["target"]))
+            if info is None:
+                raise _StepError("download", f"the index names {release['target']!r}, which the signed targets lack")
+            _pause("download")
+            download = Path(updater.download_target(info, str(self.dir / "downloads" / f"{cfg.model}-{version}.edgeship")))
+        except _StepError:
+            raise
+        except Exception as exc:  # TUF refused metadata or a download: expired, rolled back, mixed, too long, bad hash
+            raise _StepError("download", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+        _pause("verify")
+        try:
+            verified = verify_bundle(download, cfg.trusted_keys, cfg.decrypt_key, self.dir, record=False)
+        except BundleError as exc:
+            download.unlink(missing_ok=True)
+            self._remember_failure(version)
+            raise _StepError("verify", str(exc)) from None
+        if verified.name != cfg.model or verified.version != version:
+            download.unlink(missing_ok=True)
+            raise _StepError("verify", f"the bundle is {verified.name} v{verified.version}, the index promised "
+                                       f"{cfg.model} v{version}")
+
+        slot = next(s for s in SLOTS if s != self.state.get("active")) if self.state.get("active") else "a"
+        self._install(download, slot)
+        download.unlink(missing_ok=True)
+        self.state["pending"] = {"slot": slot, "version": version, "step": "switch", "since": _now()}
+        self._save_state()
+        previous = self.state.get("active")
+        self._switch(slot, pause=True)
+        try:
+            self._check_live(slot, version)
+        except _StepError as exc:
+            self._roll_back(slot, version, exc)
+            return UpdateResult("rolled-back", self.active_version,
+                                f"v{version} failed its {exc.step}: {exc.reason}; rolled back to "
+                                f"v{self.active_version}" if previous else f"v{version} failed its {exc.step}: {exc.reason}")
+        self._commit(slot, version)
+        return UpdateResult("updated", version, f"{cfg.model} updated to v{version} (slot {slot})")
+
+    def _install(self, download: Path, slot: str) -> None:
+        target = self.bundle_path(slot)
+        data = download.read_bytes()
+        fd, tmp = tempfile.mkstemp(prefix=".bundle.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data[: len(data) // 2])
+                f.flush()
+                _pause("install")
+                f.write(data[len(data) // 2:])
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _check_live(self, slot: str, version: int) -> None:
+        """Self-test the slot's bundle, then the running server's answer, if there is a server."""
+        from edgeship.runtime import Runtime
+
+        _pause("self-test")
+        cfg = self.config
+        try:
+            runtime = Runtime.open(self.bundle_path(slot), cfg.trusted_keys, cfg.decrypt_key, cfg.threads,
+                                   state_dir=self.dir, record=False)
+        except BundleError as exc:
+            raise _StepError("self-test", str(exc)) from None
+        if cfg.health_url:
+            _pause("health")
+            self._health(runtime, version)
+
+    def _health(self, runtime: Any, version: int) -> None:
+        """Wait until the server reports ``version``, then check its answer to the self-test input."""
+        import urllib.error
+        import urllib.request
+
+        import numpy as np
+
+        base = self.config.health_url.rstrip("/")
+        model = self.config.model
+        deadline = time.monotonic() + self.config.health_timeout_s
+        serving = None
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{base}/v2/models/{model}", timeout=5) as response:
+                    serving = json.loads(response.read()).get("versions", [])
+                if str(version) in serving:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.2)
+        else:
+            raise _StepError("health", f"the server at {base} still serves {serving} after "
+                                       f"{self.config.health_timeout_s:.0f} s, not v{version}")
+        inputs = {k.removeprefix("input."): v for k, v in runtime.bundle.selftest.items() if k.startswith("input.")}
+        from edgeship.runtime.protocol import oip_datatype
+
+        body = json.dumps({"inputs": [{"name": k, "shape": list(v.shape), "datatype": oip_datatype(v.dtype.name),
+                                       "data": v.reshape(-1).tolist()} for k, v in inputs.items()]}).encode()
+        request = urllib.request.Request(f"{base}/v2/models/{model}/versions/{version}/infer", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answer = json.loads(response.read())
+        except (OSError, ValueError) as exc:
+            raise _StepError("health", f"the server's inference failed: {exc}") from None
+        expected = runtime.bundle.selftest["expected"]
+        got = np.asarray(answer["outputs"][0]["data"], dtype=np.float64).reshape(expected.shape)
+        tol = runtime.manifest["selftest"]
+        if not np.allclose(got, expected, rtol=tol["rtol"], atol=tol["atol"]):
+            raise _StepError("health", "the server's answer to the self-test input differs from the bundle's")
+
+    def _commit(self, slot: str, version: int) -> None:
+        _pause("commit")
+        self.state["versions"][slot] = version
+        self.state["active"] = slot
+        self.state["pending"] = None
+        self.state["last_error"] = None
+        self._event("committed", version, f"slot {slot}")
+        self._save_state()
+        record_accepted(self.dir, self.config.model, version)  # anti-rollback follows the commit
+
+    def _roll_back(self, slot: str, version: int, exc: _StepError) -> None:
+        previous = self.state.get("active")
+        if previous:
+            self._switch(previous)
+        else:  # nothing to go back to: serve nothing rather than a broken model
+            (self.dir / "current").unlink(missing_ok=True)
+        self._remember_failure(version)
+        self.state["pending"] = None
+        self.state["last_error"] = f"{exc.step}: {exc.reason}"
+        self._event("rolled-back", version, self.state["last_error"])
+        self._save_state()
+
+    def _remember_failure(self, version: int) -> None:
+        if version not in self.state["failed_versions"]:
+            self.state["failed_versions"].append(version)
+            self._save_state()
+
+    # -- fleet -------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        active = self.state.get("active")
+        return {"device_id": self.device_id, "model": self.config.model, "channel": self.config.channel,
+                "version": self.active_version, "slot": active, "last_error": self.state.get("last_error"),
+                "pending": self.state.get("pending")}
+
+    def report(self, result: UpdateResult) -> None:
+        if not self.config.fleet_url:
+            return
+        import urllib.request
+
+        payload = {**self.status(), "health": "ok" if result.ok else result.status, "message": result.message}
+        request = urllib.request.Request(f"{self.config.fleet_url.rstrip('/')}/v1/reports",
+                                         data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=10).close()
+        except OSError as exc:  # the fleet service being down must not stop updates
+            print(f"fleet report failed: {exc}", file=sys.stderr, flush=True)
+
+    def run(self, interval: float | None, on_result: Any = None) -> UpdateResult:
+        """Check once (``interval`` None) or forever, every ``interval`` seconds with +-10% jitter."""
+        import random
+
+        while True:
+            result = self.check_once()
+            if on_result is not None:
+                on_result(result)
+            if interval is None:
+                return result
+            time.sleep(interval * random.uniform(0.9, 1.1))
