@@ -116,3 +116,36 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a = a.reshape(len(a), -1).astype(np.float64)
     b = b.reshape(len(b), -1).astype(np.float64)
     return float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+@pytest.fixture(scope="session")
+def break_selftest():
+    """Rewrite a bundle so that its self-test fails while its signature and digests are right
+    (signed again with the trusted key): what a bad build, not an attacker, would ship."""
+    import hashlib
+    import io
+    import zipfile
+
+    from edgeship.bundle.keys import load_private_key
+
+    def rewrite(src: Path, dst: Path, private_key: Path) -> Path:
+        private = load_private_key(private_key)
+        with zipfile.ZipFile(src) as archive:
+            members = {i.filename: archive.read(i) for i in archive.infolist()}
+        with np.load(io.BytesIO(members["selftest.npz"])) as st:
+            arrays = {k: st[k] for k in st.files}
+        arrays["expected"] = arrays["expected"] + 1.0
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        members["selftest.npz"] = buffer.getvalue()
+        manifest = json.loads(members["manifest.json"])
+        manifest["members"]["selftest.npz"] = {"sha256": hashlib.sha256(members["selftest.npz"]).hexdigest(),
+                                               "size": len(members["selftest.npz"])}
+        members["manifest.json"] = json.dumps(manifest).encode()
+        members["manifest.sig"] = private.sign(members["manifest.json"])
+        with zipfile.ZipFile(dst, "w") as out:
+            for name, data in members.items():
+                out.writestr(name, data)
+        return dst
+
+    return rewrite

@@ -157,26 +157,9 @@ def test_runtime_predicts_and_checks_inputs(bundles, keys, digits8):
         runtime.predict({"image": x[:, :, :4]})
 
 
-def test_a_bundle_whose_self_test_fails_is_not_loaded(bundles, keys, tmp_path):
+def test_a_bundle_whose_self_test_fails_is_not_loaded(bundles, keys, tmp_path, break_selftest):
     """Signed by a trusted key, digests right, but the reference output is wrong."""
-    private = load_private_key(keys["private"])
-    with zipfile.ZipFile(bundles["plain"]) as archive:
-        members = {i.filename: archive.read(i) for i in archive.infolist()}
-    with np.load(io.BytesIO(members["selftest.npz"])) as st:
-        arrays = {k: st[k] for k in st.files}
-    arrays["expected"] = arrays["expected"] + 1.0
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    members["selftest.npz"] = buffer.getvalue()
-    manifest = json.loads(members["manifest.json"])
-    manifest["members"]["selftest.npz"] = {"sha256": hashlib.sha256(members["selftest.npz"]).hexdigest(),
-                                           "size": len(members["selftest.npz"])}
-    members["manifest.json"] = json.dumps(manifest).encode()
-    members["manifest.sig"] = private.sign(members["manifest.json"])
-    bad = tmp_path / "selftest.edgeship"
-    with zipfile.ZipFile(bad, "w") as out:
-        for name, data in members.items():
-            out.writestr(name, data)
+    bad = break_selftest(bundles["plain"], tmp_path / "selftest.edgeship", keys["private"])
     with pytest.raises(BundleError, match="failed its self-test"):
         Runtime.open(bad, [keys["public"]], state_dir=tmp_path / "state")
     assert not (tmp_path / "state" / "accepted-versions.json").exists()  # not accepted

@@ -236,10 +236,16 @@ class Agent:
         self.report(result)
         return result
 
-    def _choose(self, index: dict[str, Any]) -> dict[str, Any] | None:
+    def _choose(self, index: dict[str, Any]) -> tuple[dict[str, Any] | None, list[int]]:
+        """(the newest release for this device that has not failed here, newer ones that did)."""
         bucket = rollout_bucket(self.device_id, self.config.model)
         eligible = [r for r in index.get("releases", []) if isinstance(r, dict) and bucket < float(r.get("rollout", 0))]
-        return max(eligible, key=lambda r: int(r["version"]), default=None)
+        failed = set(self.state["failed_versions"])
+        good = [r for r in eligible if int(r["version"]) not in failed]
+        best = max(good, key=lambda r: int(r["version"]), default=None)
+        floor = int(best["version"]) if best else 0
+        skipped = sorted(int(r["version"]) for r in eligible if int(r["version"]) in failed and int(r["version"]) > floor)
+        return best, skipped
 
     def _update(self) -> UpdateResult:
         from tuf.ngclient import Updater
@@ -255,15 +261,14 @@ class Agent:
                 return UpdateResult("up-to-date", self.active_version,
                                     f"{cfg.model} has no release on {cfg.channel} yet")
             index = json.loads(Path(updater.download_target(index_info)).read_bytes())
-            release = self._choose(index)
+            release, skipped = self._choose(index)
             active = self.active_version or 0
             if release is None or int(release["version"]) <= active:
+                note = f" (v{', v'.join(map(str, skipped))} failed on this device before)" if skipped else ""
                 return UpdateResult("up-to-date", self.active_version,
-                                    f"{cfg.model} is up to date at v{active}" if active else "no release for this device yet")
+                                    (f"{cfg.model} is up to date at v{active}" if active else
+                                     "no release for this device yet") + note)
             version = int(release["version"])
-            if version in self.state["failed_versions"]:
-                return UpdateResult("up-to-date", self.active_version,
-                                    f"v{version} failed on this device before; staying on v{active}")
             info = updater.get_targetinfo(str(release["target"]))
             if info is None:
                 raise _StepError("download", f"the index names {release['target']!r}, which the signed targets lack")
