@@ -27,6 +27,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_compression.py
 	$(PY) benchmarks/bench_estimates.py
 	$(PY) benchmarks/bench_search.py
+	$(PY) benchmarks/bench_server.py
+	$(PY) benchmarks/bench_ota.py
 
 clean:
 	rm -rf $(VENV) edgeship-out build src/*.egg-info

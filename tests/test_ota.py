@@ -107,6 +107,21 @@ def _repo(tmp_path: Path, *versions_of, settings: RepoSettings | None = None) ->
     return repo, RepoServer(repo / "public")
 
 
+@pytest.fixture
+def make_repo(tmp_path):
+    """A repository with the given bundles published, served over HTTP until the test ends."""
+    servers: list[RepoServer] = []
+
+    def make(*bundles_, settings: RepoSettings | None = None) -> tuple[Path, RepoServer]:
+        repo, server = _repo(tmp_path, *bundles_, settings=settings)
+        servers.append(server)
+        return repo, server
+
+    yield make
+    for server in servers:
+        server.close()
+
+
 def _agent(server: RepoServer, repo: Path, state: Path, keys, *extra: str, env: dict | None = None,
            device: str = "dev-1") -> subprocess.CompletedProcess:
     cmd = CLI + ["agent", "--repo-url", server.url, "--root", str(repo / "root.json"), "--state-dir", str(state),
@@ -147,8 +162,8 @@ def test_repository_layout_and_publish_checks(tmp_path, bundles, keys):
     assert versions == {"root": 1, "targets": 2, "snapshot": 2, "timestamp": 2}
 
 
-def test_update_commit_rollout_and_fleet_status(tmp_path, bundles, keys):
-    repo, server = _repo(tmp_path, bundles[1])
+def test_update_commit_rollout_and_fleet_status(tmp_path, bundles, keys, make_repo):
+    repo, server = make_repo(bundles[1])
     fleet = None
     try:
         port = _free_port()
@@ -181,7 +196,6 @@ def test_update_commit_rollout_and_fleet_status(tmp_path, bundles, keys):
         table = subprocess.run(CLI + ["fleet", "status", "--url", fleet_url], capture_output=True, text=True)
         assert inside in table.stdout and "2 device(s)" in table.stdout
     finally:
-        server.close()
         if fleet is not None:
             fleet.terminate()
             fleet.wait(30)
@@ -264,112 +278,91 @@ def test_corrupted_download_is_refused(at_v1, keys, tmp_path):
         server.overrides.pop(path)
 
 
-def test_untrusted_signer_is_refused(tmp_path, bundles, keys):
-    repo, server = _repo(tmp_path, bundles[1])
+def test_untrusted_signer_is_refused(tmp_path, bundles, keys, make_repo):
+    repo, server = make_repo(bundles[1])
     state = tmp_path / "state"
-    try:
-        assert _agent(server, repo, state, keys).returncode == 0
-        publish(repo, bundles["untrusted"])  # a compromised publisher: TUF accepts it, the device must not
-        _refused(_agent(server, repo, state, keys), state, keys, r"verify: .*does not match any trusted key")
-    finally:
-        server.close()
+    assert _agent(server, repo, state, keys).returncode == 0
+    publish(repo, bundles["untrusted"])  # a compromised publisher: TUF accepts it, the device must not
+    _refused(_agent(server, repo, state, keys), state, keys, r"verify: .*does not match any trusted key")
 
 
-def test_a_new_device_never_serves_a_failing_model_and_falls_back_to_a_good_one(tmp_path, bundles, keys):
-    repo, server = _repo(tmp_path, bundles[1], bundles["bad-selftest"])
+def test_a_new_device_never_serves_a_failing_model_and_falls_back_to_a_good_one(tmp_path, bundles, keys, make_repo):
+    repo, server = make_repo(bundles[1], bundles["bad-selftest"])
     state = tmp_path / "state"
-    try:
-        done = _agent(server, repo, state, keys)  # takes the newest, v5, which fails its self-test
-        assert done.returncode == 1 and "v5 failed its self-test" in done.stdout, done.stdout + done.stderr
-        assert not (state / "current").exists()  # nothing good yet: serve nothing rather than a broken model
-        done = _agent(server, repo, state, keys)
-        assert done.returncode == 0 and "updated to v1" in done.stdout and _serving(state, keys) == 1
-    finally:
-        server.close()
+    done = _agent(server, repo, state, keys)  # takes the newest, v5, which fails its self-test
+    assert done.returncode == 1 and "v5 failed its self-test" in done.stdout, done.stdout + done.stderr
+    assert not (state / "current").exists()  # nothing good yet: serve nothing rather than a broken model
+    done = _agent(server, repo, state, keys)
+    assert done.returncode == 0 and "updated to v1" in done.stdout and _serving(state, keys) == 1
 
 
-def test_failing_self_test_after_switch_rolls_back_to_the_old_slot(tmp_path, bundles, keys):
-    repo, server = _repo(tmp_path, bundles[1])
+def test_failing_self_test_after_switch_rolls_back_to_the_old_slot(tmp_path, bundles, keys, make_repo):
+    repo, server = make_repo(bundles[1])
     state = tmp_path / "state"
-    try:
-        assert _agent(server, repo, state, keys).returncode == 0
-        publish(repo, bundles["bad-selftest"])
-        done = _agent(server, repo, state, keys)
-        assert done.returncode == 1 and "rolled-back" in done.stdout and "rolled back to v1" in done.stdout
-        after = _state(state)
-        assert _serving(state, keys) == 1 and after["active"] == "a" and 5 in after["failed_versions"]
-        assert after["history"][-1]["event"] == "rolled-back" and "self-test" in after["history"][-1]["detail"]
-        again = _agent(server, repo, state, keys)  # a failed version is not retried in a loop
-        assert again.returncode == 0 and "up to date at v1 (v5 failed on this device before)" in again.stdout
-    finally:
-        server.close()
+    assert _agent(server, repo, state, keys).returncode == 0
+    publish(repo, bundles["bad-selftest"])
+    done = _agent(server, repo, state, keys)
+    assert done.returncode == 1 and "rolled-back" in done.stdout and "rolled back to v1" in done.stdout
+    after = _state(state)
+    assert _serving(state, keys) == 1 and after["active"] == "a" and 5 in after["failed_versions"]
+    assert after["history"][-1]["event"] == "rolled-back" and "self-test" in after["history"][-1]["detail"]
+    again = _agent(server, repo, state, keys)  # a failed version is not retried in a loop
+    assert again.returncode == 0 and "up to date at v1 (v5 failed on this device before)" in again.stdout
 
 
-def test_tuf_metadata_rollback_is_refused(tmp_path, bundles, keys):
-    repo, server = _repo(tmp_path, bundles[1])
+def test_tuf_metadata_rollback_is_refused(tmp_path, bundles, keys, make_repo):
+    repo, server = make_repo(bundles[1])
     state = tmp_path / "state"
-    try:
-        old_timestamp = (repo / "public" / "metadata" / "timestamp.json").read_bytes()
-        publish(repo, bundles[2])
-        assert _agent(server, repo, state, keys).returncode == 0 and _serving(state, keys) == 2
-        server.overrides["/metadata/timestamp.json"] = old_timestamp  # replay an older, validly signed timestamp
-        publish(repo, bundles[3])
-        _refused(_agent(server, repo, state, keys), state, keys, r"download: BadVersionNumberError", version=2)
-    finally:
-        server.close()
+    old_timestamp = (repo / "public" / "metadata" / "timestamp.json").read_bytes()
+    publish(repo, bundles[2])
+    assert _agent(server, repo, state, keys).returncode == 0 and _serving(state, keys) == 2
+    server.overrides["/metadata/timestamp.json"] = old_timestamp  # replay an older, validly signed timestamp
+    publish(repo, bundles[3])
+    _refused(_agent(server, repo, state, keys), state, keys, r"download: BadVersionNumberError", version=2)
 
 
-def test_tuf_freeze_with_an_expired_timestamp_is_refused(tmp_path, bundles, keys):
-    repo, server = _repo(tmp_path, bundles[1], settings=RepoSettings(timestamp_hours=2 / 3600))
+def test_tuf_freeze_with_an_expired_timestamp_is_refused(tmp_path, bundles, keys, make_repo):
+    repo, server = make_repo(bundles[1], settings=RepoSettings(timestamp_hours=2 / 3600))
     state = tmp_path / "state"
-    try:
-        assert _agent(server, repo, state, keys).returncode == 0
-        publish(repo, bundles[2])
-        frozen = (repo / "public" / "metadata" / "timestamp.json").read_bytes()
-        server.overrides["/metadata/timestamp.json"] = frozen  # the mirror stops updating
-        time.sleep(3.5)
-        _refused(_agent(server, repo, state, keys), state, keys, r"download: ExpiredMetadataError")
-    finally:
-        server.close()
+    assert _agent(server, repo, state, keys).returncode == 0
+    publish(repo, bundles[2])
+    frozen = (repo / "public" / "metadata" / "timestamp.json").read_bytes()
+    server.overrides["/metadata/timestamp.json"] = frozen  # the mirror stops updating
+    time.sleep(3.5)
+    _refused(_agent(server, repo, state, keys), state, keys, r"download: ExpiredMetadataError")
 
 
-def test_tuf_mix_and_match_is_refused(tmp_path, bundles, keys):
-    repo, server = _repo(tmp_path, bundles[1])
+def test_tuf_mix_and_match_is_refused(tmp_path, bundles, keys, make_repo):
+    repo, server = make_repo(bundles[1])
     state = tmp_path / "state"
-    try:
-        assert _agent(server, repo, state, keys).returncode == 0
-        publish(repo, bundles[2])
-        versions = json.loads((repo / "repo.json").read_text())["versions"]
-        metadata = repo / "public" / "metadata"
-        # serve the current snapshot's targets name with an older targets file (signed, but another snapshot's)
-        server.overrides[f"/metadata/{versions['targets']}.targets.json"] = (
-            metadata / f"{versions['targets'] - 1}.targets.json").read_bytes()
-        _refused(_agent(server, repo, state, keys), state, keys, r"download: (BadVersionNumberError|RepositoryError)")
-    finally:
-        server.close()
+    assert _agent(server, repo, state, keys).returncode == 0
+    publish(repo, bundles[2])
+    versions = json.loads((repo / "repo.json").read_text())["versions"]
+    metadata = repo / "public" / "metadata"
+    # serve the current snapshot's targets name with an older targets file (signed, but another snapshot's)
+    server.overrides[f"/metadata/{versions['targets']}.targets.json"] = (
+        metadata / f"{versions['targets'] - 1}.targets.json").read_bytes()
+    _refused(_agent(server, repo, state, keys), state, keys, r"download: (BadVersionNumberError|RepositoryError)")
 
 
 @pytest.mark.parametrize("what", ["timestamp", "bundle"])
-def test_tuf_endless_data_is_refused(what, tmp_path, bundles, keys):
-    repo, server = _repo(tmp_path, bundles[1])
+def test_tuf_endless_data_is_refused(what, tmp_path, bundles, keys, make_repo):
+    repo, server = make_repo(bundles[1])
     state = tmp_path / "state"
-    try:
-        assert _agent(server, repo, state, keys).returncode == 0
-        publish(repo, bundles[2])
-        if what == "timestamp":
-            server.overrides["/metadata/timestamp.json"] = "endless"
-        else:
-            target = next((repo / "public" / "targets" / "digits").glob("*.digits-2.edgeship"))
-            server.overrides[f"/targets/digits/{target.name}"] = "endless"
-        _refused(_agent(server, repo, state, keys), state, keys, r"download: .*(Length|length)")
-    finally:
-        server.close()
+    assert _agent(server, repo, state, keys).returncode == 0
+    publish(repo, bundles[2])
+    if what == "timestamp":
+        server.overrides["/metadata/timestamp.json"] = "endless"
+    else:
+        target = next((repo / "public" / "targets" / "digits").glob("*.digits-2.edgeship"))
+        server.overrides[f"/targets/digits/{target.name}"] = "endless"
+    _refused(_agent(server, repo, state, keys), state, keys, r"download: .*(Length|length)")
 
 
-def test_serve_hot_reloads_the_agents_update_with_no_failed_request(tmp_path, bundles, keys, digits8):
+def test_serve_hot_reloads_the_agents_update_with_no_failed_request(tmp_path, bundles, keys, digits8, make_repo):
     import urllib.request
 
-    repo, server = _repo(tmp_path, bundles[1])
+    repo, server = make_repo(bundles[1])
     state = tmp_path / "state"
     serve = None
     try:
@@ -419,7 +412,6 @@ def test_serve_hot_reloads_the_agents_update_with_no_failed_request(tmp_path, bu
         meta = json.loads(urllib.request.urlopen(f"{base}/v2/models/digits").read())
         assert meta["versions"] == ["2"]
     finally:
-        server.close()
         if serve is not None:
             serve.send_signal(signal.SIGTERM)
             serve.wait(30)

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["scratch_dir", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["scratch_dir", "atomic_write_bytes", "atomic_write_text", "fsync_dir"]
 
 _ROOT: Path | None = None
 
@@ -26,9 +26,21 @@ def scratch_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix + "-", dir=_root()))
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, fsync, then rename over ``path``."""
+    """Write to a temporary name in the same folder, fsync, rename over ``path``, fsync the folder.
+
+    Readers see the old content or the new, never a part; after a crash, the same holds."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -36,6 +48,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

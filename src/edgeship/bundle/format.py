@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import struct
 import threading
 import time
@@ -161,16 +160,12 @@ def accepted_versions(state_dir: Path | str) -> dict[str, int]:
 
 def record_accepted(state_dir: Path | str, name: str, version: int) -> None:
     """Remember the highest version accepted for ``name`` (fsync, then atomic rename)."""
+    from edgeship._workspace import atomic_write_bytes
+
     state_dir = Path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    versions = accepted_versions(state_dir)
+    versions = accepted_versions(state_dir) if state_dir.is_dir() else {}
     versions[name] = max(int(version), versions.get(name, 0))
-    tmp = state_dir / ".accepted-versions.json.tmp"
-    with open(tmp, "w") as f:
-        json.dump(versions, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, _state_file(state_dir))
+    atomic_write_bytes(_state_file(state_dir), json.dumps(versions).encode())
 
 
 def read_manifest(path: Path | str, trusted_keys: list[Any] | None = None) -> dict[str, Any]:

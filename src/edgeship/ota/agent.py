@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeship._workspace import atomic_write_bytes, fsync_dir
 from edgeship.bundle.format import BundleError, record_accepted, verify_bundle
 from edgeship.errors import ConfigError, EdgeshipError
 
@@ -57,28 +58,6 @@ def rollout_bucket(device_id: str, model: str) -> float:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _pause(step: str) -> None:
@@ -144,7 +123,7 @@ class Agent:
         if path.is_file():
             return path.read_text().strip()
         device_id = f"dev-{uuid.uuid4().hex[:12]}"
-        _write_atomic(path, device_id.encode())
+        atomic_write_bytes(path, device_id.encode())
         return device_id
 
     def _load_state(self) -> dict[str, Any]:
@@ -160,7 +139,7 @@ class Agent:
 
     def _save_state(self) -> None:
         self.state["history"] = self.state["history"][-HISTORY:]
-        _write_atomic(self.dir / "agent.json", json.dumps(self.state, indent=2).encode())
+        atomic_write_bytes(self.dir / "agent.json", json.dumps(self.state, indent=2).encode())
 
     def _event(self, event: str, version: int | None, detail: str = "") -> None:
         self.state["history"].append({"time": _now(), "event": event, "version": version, "detail": detail})
@@ -183,7 +162,7 @@ class Agent:
         os.replace(tmp, self.dir / "current")  # atomic: readers see the old slot or the new one
         if pause:
             _pause("switch")
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     @property
     def active_version(self) -> int | None:
@@ -321,7 +300,7 @@ class Agent:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -24,11 +24,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeship._workspace import atomic_write_bytes
 from edgeship.errors import ConfigError, EdgeshipError
 
 __all__ = ["RepoError", "RepoSettings", "init_repo", "publish", "set_rollout", "refresh_timestamp", "CHANNELS"]
@@ -56,20 +56,6 @@ class RepoSettings:
                  "snapshot": _dt.timedelta(days=self.snapshot_days),
                  "timestamp": _dt.timedelta(hours=self.timestamp_hours)}[role]
         return (_dt.datetime.now(_dt.timezone.utc) + delta).replace(microsecond=0)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _signer(path: Path) -> Any:
@@ -104,7 +90,7 @@ class _Repo:
 
     def save_config(self) -> None:
         payload = {"settings": self.settings.__dict__, "versions": self.versions}
-        _write_atomic(self.dir / "repo.json", json.dumps(payload, indent=2).encode())
+        atomic_write_bytes(self.dir / "repo.json", json.dumps(payload, indent=2).encode())
 
     def signer(self, role: str) -> Any:
         return _signer(self.dir / "keys" / f"{role}.key")
@@ -119,7 +105,7 @@ class _Repo:
         md.signatures.clear()
         md.sign(self.signer(role))
         name = "timestamp.json" if role == "timestamp" else f"{md.signed.version}.{role}.json"
-        _write_atomic(self.metadata / name, _serialize(md))
+        atomic_write_bytes(self.metadata / name, _serialize(md))
         self.versions[role] = md.signed.version
 
     def bump(self, role: str, md: Any) -> Any:
@@ -133,7 +119,7 @@ class _Repo:
 
         digest = hashlib.sha256(data).hexdigest()
         directory, _, base = target_path.rpartition("/")
-        _write_atomic(self.targets_dir / directory / f"{digest}.{base}", data)
+        atomic_write_bytes(self.targets_dir / directory / f"{digest}.{base}", data)
         info = TargetFile(length=len(data), hashes={"sha256": digest}, path=target_path)
         if custom is not None:
             info.unrecognized_fields["custom"] = custom
@@ -188,11 +174,11 @@ def init_repo(directory: Path | str, settings: RepoSettings | None = None) -> Pa
         md = Metadata(signed)
         md.sign(signers[role])
         name = "timestamp.json" if role == "timestamp" else f"1.{role}.json"
-        _write_atomic(metadata_dir / name, _serialize(md))
+        atomic_write_bytes(metadata_dir / name, _serialize(md))
         if role == "root":
-            _write_atomic(directory / "root.json", _serialize(md))
+            atomic_write_bytes(directory / "root.json", _serialize(md))
     payload = {"settings": settings.__dict__, "versions": {"root": 1, "targets": 1, "snapshot": 1, "timestamp": 1}}
-    _write_atomic(directory / "repo.json", json.dumps(payload, indent=2).encode())
+    atomic_write_bytes(directory / "repo.json", json.dumps(payload, indent=2).encode())
     return directory / "root.json"
 
 
