@@ -149,3 +149,17 @@ def break_selftest():
         return dst
 
     return rewrite
+
+
+@pytest.fixture(scope="module")
+def private_cache(tmp_path_factory):
+    """A fresh EDGESHIP_CACHE_DIR for one test module (the host profile is measured into it)."""
+    import os
+
+    old = os.environ.get("EDGESHIP_CACHE_DIR")
+    os.environ["EDGESHIP_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("EDGESHIP_CACHE_DIR", None)
+    else:
+        os.environ["EDGESHIP_CACHE_DIR"] = old

@@ -15,15 +15,7 @@ from edgeship.errors import ConfigError
 FAST = edgeship.EvalSettings(runs=20, rounds=2, warmup=3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    old = os.environ.get("EDGESHIP_CACHE_DIR")
-    os.environ["EDGESHIP_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("EDGESHIP_CACHE_DIR", None)
-    else:
-        os.environ["EDGESHIP_CACHE_DIR"] = old
+pytestmark = pytest.mark.usefixtures("private_cache")  # host measurements cached per module, not in ~/.cache
 
 
 def test_estimates_skip_candidates_that_break_the_budget(cnn_onnx, cnn_data):

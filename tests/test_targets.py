@@ -21,15 +21,7 @@ REQUIRED = ["raspberry-pi-4", "raspberry-pi-5", "jetson-orin-nano", "phone-corte
             "esp32-s3", "cortex-m7", "host"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
-    old = os.environ.get("EDGESHIP_CACHE_DIR")
-    os.environ["EDGESHIP_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("EDGESHIP_CACHE_DIR", None)
-    else:
-        os.environ["EDGESHIP_CACHE_DIR"] = old
+pytestmark = pytest.mark.usefixtures("private_cache")  # host measurements cached per module, not in ~/.cache
 
 
 @pytest.mark.parametrize("target", REQUIRED)
