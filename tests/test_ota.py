@@ -427,3 +427,22 @@ def test_agent_configuration_errors_are_one_line(tmp_path, keys):
                           capture_output=True, text=True)
     assert done.returncode == 2 and "exactly one of --once or --interval" in done.stderr
     np.testing.assert_equal(rollout_bucket("a", "m"), rollout_bucket("a", "m"))  # stable per device
+
+
+def test_one_agent_per_state_directory(at_v1, keys, tmp_path):
+    repo, server, template = at_v1
+    state = tmp_path / "state"
+    shutil.copytree(template, state, symlinks=True)
+    first = subprocess.Popen(CLI + ["agent", "--repo-url", server.url, "--root", str(repo / "root.json"),
+                                    "--state-dir", str(state), "--model", "digits", "--trust", str(keys["public"]),
+                                    "--decrypt-key", str(keys["content"]), "--once"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "EDGESHIP_AGENT_PAUSE": "install"})
+    try:
+        assert first.stdout.readline().strip() == "paused at install"
+        second = _agent(server, repo, state, keys)
+        assert second.returncode == 2 and "another agent is running" in second.stderr
+    finally:
+        first.kill()
+        first.wait(30)
+    assert _agent(server, repo, state, keys).returncode == 0  # the lock died with the killed agent

@@ -114,8 +114,22 @@ class Agent:
         except OSError as exc:
             raise ConfigError(f"cannot read --root {str(config.root)!r}: {exc.strerror}; it is the repository's "
                               "root.json that devices ship with.") from None
+        self._lock = self._take_lock()
         self.device_id = config.device_id or self._device_id()
         self.state = self._load_state()
+
+    def _take_lock(self) -> Any:
+        """One agent per state directory (python-tuf's cache is single-instance too). The kernel
+        drops the lock when the process dies, even by kill -9."""
+        import fcntl
+
+        handle = open(self.dir / "agent.lock", "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise ConfigError(f"another agent is running on {str(self.dir)!r}; run one agent per state directory.") from None
+        return handle
 
     # -- state -------------------------------------------------------------------------
     def _device_id(self) -> str:
