@@ -43,12 +43,18 @@ def test_optimize_picks_a_candidate_within_budget(cnn_onnx, cnn_data, tmp_path):
     assert edgeship.load(out / "best.onnx").inputs[0].name == "image"
 
 
-def test_candidates_not_faster_are_rejected_with_a_reason(cnn_onnx, cnn_data):
+def test_candidates_not_faster_are_rejected_with_a_reason(cnn_onnx, cnn_data, tmp_path):
     result = edgeship.optimize(cnn_onnx, data=cnn_data["calib"], eval_data=cnn_data["eval"],
                                recipes="fp16", budget=edgeship.Budget(min_speedup=1000.0), settings=FAST)
     (fp16,) = result.candidates
     assert fp16.status == "rejected" and "not faster" in fp16.reason
     assert result.best is None
+    out = result.report(tmp_path / "out")
+    assert not (out / "best.onnx").exists()
+    keys = edgeship.generate_keys(tmp_path / "keys")
+    with pytest.raises(edgeship.EdgeshipError, match="no candidate .* passed the gate.*pack the model you optimized"):
+        edgeship.pack(out, "cnn", 1, keys["private"], tmp_path / "cnn.edgeship")
+    assert not (tmp_path / "cnn.edgeship").exists()
 
 
 def test_a_failing_recipe_is_recorded_and_others_still_run(cnn_onnx, cnn_data, tmp_path):

@@ -39,8 +39,12 @@ def _source(model: Any) -> tuple[Path, dict[str, Any]]:
     path = Path(model)
     if path.is_dir():
         report_file, best = path / "report.json", path / "best.onnx"
-        if not report_file.is_file() or not best.is_file():
+        if not report_file.is_file():
             raise InvalidModelError(f"{str(path)!r} is not an optimize output folder (needs report.json and best.onnx).")
+        if not best.is_file():
+            raise InvalidModelError(
+                f"no candidate in {str(path)!r} passed the gate, so it has no best.onnx (its report says why each "
+                "lost); pack the model you optimized instead, or re-run optimize with a looser budget.")
         report = json.loads(report_file.read_text())
         chosen = next((c for c in report["candidates"] if c["recipe"] == report["best"]), None)
         return best, {"recipe": report["best"], "lineage": chosen["lineage"] if chosen else [],
