@@ -94,10 +94,16 @@ def test_memory_estimate_is_within_35_percent_of_measured(cnn_model, tiny_bert, 
 
 
 def test_latency_estimate_on_host_is_within_2x_for_float_models(cnn_model, tiny_bert, digits8):
-    host = load_profile("host")
+    from edgeship.targets.host import host_profile
+
+    # This shared machine's speed drifts by up to 2x over minutes, so the host is calibrated
+    # right before the measurement, and the fastest of three p50s is taken (noise only slows).
+    # The estimators' accuracy on the real benchmark models is in benchmarks/bench_estimates.py.
     for model, feeds in [(tiny_bert, _feeds_bert(64))]:
+        host = host_profile(refresh=True)
         est = estimate(model, host, {k: v.shape for k, v in feeds.items()})["latency_ms"]
-        measured = measure_latency(model.session(2), feeds, runs=100, min_seconds=0.5)["latency_ms_p50"]
+        session = model.session(2)
+        measured = min(measure_latency(session, feeds, runs=100, min_seconds=0.3)["latency_ms_p50"] for _ in range(3))
         assert 0.5 <= est / measured <= 2.0, (est, measured)
 
 
