@@ -113,10 +113,22 @@ def test_demo_smoke(tmp_path):
     proc = run("demo", "--out", out, timeout=900)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
-    assert report["baseline"]["metrics"]["accuracy"] > 0.95
-    assert report["best"] is not None and (out / "best.onnx").is_file()
-    best = next(c for c in report["candidates"] if c["recipe"] == report["best"])
-    assert best["metrics"]["metric_drop"] <= 0.01 and best["metrics"]["size_ratio"] > 3.0
+    base = report["baseline"]["metrics"]
+    assert base["accuracy"] > 0.95
+    cands = {c["recipe"]: c for c in report["candidates"]}
+    for name in ("static-int8-minmax", "structured-50-distill-int8"):
+        c = cands[name]
+        assert c["metrics"]["metric_drop"] <= 0.01 and c["metrics"]["size_ratio"] > 3.0, (name, c["metrics"])
+        # the speed gate is a timing decision on a shared machine; it is the only reason one may lose
+        assert c["status"] == "ok" or "not faster" in c["reason"], (name, c["reason"])
+    assert cands["structured-50-distill-int8"]["metrics"]["macs"] < 0.6 * base["macs"]  # channels really removed
+    if report["best"] is not None:
+        assert (out / "best.onnx").is_file()
+        best = cands[report["best"]]
+        assert best["metrics"]["metric_drop"] <= 0.01 and best["metrics"]["size_ratio"] > 3.0
+    else:  # nothing was faster in this run: every candidate says so
+        assert not (out / "best.onnx").exists()
+        assert all(c["status"] != "ok" for c in cands.values())
 
 
 def test_demo_minilm_smoke(tmp_path):

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -322,13 +323,15 @@ def test_tuf_metadata_rollback_is_refused(tmp_path, bundles, keys, make_repo):
 
 
 def test_tuf_freeze_with_an_expired_timestamp_is_refused(tmp_path, bundles, keys, make_repo):
-    repo, server = make_repo(bundles[1], settings=RepoSettings(timestamp_hours=2 / 3600))
+    repo, server = make_repo(bundles[1], settings=RepoSettings(timestamp_hours=8 / 3600))
     state = tmp_path / "state"
-    assert _agent(server, repo, state, keys).returncode == 0
+    first = _agent(server, repo, state, keys)
+    assert first.returncode == 0, first.stderr
     publish(repo, bundles[2])
     frozen = (repo / "public" / "metadata" / "timestamp.json").read_bytes()
     server.overrides["/metadata/timestamp.json"] = frozen  # the mirror stops updating
-    time.sleep(3.5)
+    expires = datetime.fromisoformat(json.loads(frozen)["signed"]["expires"].replace("Z", "+00:00"))
+    time.sleep(max(0.0, (expires - datetime.now(timezone.utc)).total_seconds()) + 1.0)
     _refused(_agent(server, repo, state, keys), state, keys, r"download: ExpiredMetadataError")
 
 
