@@ -449,3 +449,21 @@ def test_one_agent_per_state_directory(at_v1, keys, tmp_path):
         first.kill()
         first.wait(30)
     assert _agent(server, repo, state, keys).returncode == 0  # the lock died with the killed agent
+
+
+def test_an_agent_in_process_holds_its_state_directory_until_closed(at_v1, keys, tmp_path):
+    from edgeship.bundle.keys import load_content_key
+    from edgeship.errors import ConfigError
+    from edgeship.ota.agent import Agent, AgentConfig
+
+    repo, server, template = at_v1
+    state = tmp_path / "state"
+    shutil.copytree(template, state, symlinks=True)
+    config = AgentConfig(server.url, repo / "root.json", state, "digits", load_public_keys(keys["public"]),
+                         load_content_key(keys["content"]))
+    with Agent(config) as agent:
+        assert agent.check_once().status == "updated"  # v2 was published
+        with pytest.raises(ConfigError, match="another agent is running"):
+            Agent(config)
+    with Agent(config) as again:  # released on close
+        assert again.active_version == 2 and again.check_once().status == "up-to-date"

@@ -131,6 +131,17 @@ class Agent:
             raise ConfigError(f"another agent is running on {str(self.dir)!r}; run one agent per state directory.") from None
         return handle
 
+    def close(self) -> None:
+        """Release the state directory, so that another agent (or process) may take it."""
+        if not self._lock.closed:
+            self._lock.close()
+
+    def __enter__(self) -> "Agent":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- state -------------------------------------------------------------------------
     def _device_id(self) -> str:
         path = self.dir / "device-id"
