@@ -31,9 +31,9 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,22 +313,14 @@ class Agent:
         return UpdateResult("updated", version, f"{cfg.model} updated to v{version} (slot {slot})")
 
     def _install(self, download: Path, slot: str) -> None:
-        target = self.bundle_path(slot)
         data = download.read_bytes()
-        fd, tmp = tempfile.mkstemp(prefix=".bundle.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data[: len(data) // 2])
-                f.flush()
-                _pause("install")
-                f.write(data[len(data) // 2:])
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-            fsync_dir(target.parent)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        def halves() -> Iterator[bytes]:  # a kill injected at "install" lands mid-write
+            yield data[: len(data) // 2]
+            _pause("install")
+            yield data[len(data) // 2:]
+
+        atomic_write_bytes(self.bundle_path(slot), halves())
 
     def _check_live(self, slot: str, version: int) -> None:
         """Self-test the slot's bundle, then the running server's answer, if there is a server."""
