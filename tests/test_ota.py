@@ -362,6 +362,22 @@ def test_tuf_endless_data_is_refused(what, tmp_path, bundles, keys, make_repo):
     _refused(_agent(server, repo, state, keys), state, keys, r"download: .*(Length|length)")
 
 
+def _serve(state: Path, keys, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`edgeship serve` on an agent's state directory; (process, base URL) once it is ready."""
+    serve = subprocess.Popen(CLI + ["serve", str(state), "--trust", str(keys["public"]), "--decrypt-key",
+                                    str(keys["content"]), "--port", "0", *extra], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    port = None
+    while port is None:
+        line = serve.stdout.readline()
+        assert line, serve.stderr.read()
+        found = re.search(r"127\.0\.0\.1:(\d+)", line)
+        port = int(found.group(1)) if found else None
+    base = f"http://127.0.0.1:{port}"
+    _wait_http(f"{base}/v2/health/ready")
+    return serve, base
+
+
 def test_serve_hot_reloads_the_agents_update_with_no_failed_request(tmp_path, bundles, keys, digits8, make_repo):
     import urllib.request
 
@@ -370,17 +386,7 @@ def test_serve_hot_reloads_the_agents_update_with_no_failed_request(tmp_path, bu
     serve = None
     try:
         assert _agent(server, repo, state, keys).returncode == 0
-        serve = subprocess.Popen(CLI + ["serve", str(state), "--trust", str(keys["public"]), "--decrypt-key",
-                                        str(keys["content"]), "--port", "0"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
-        port = None
-        while port is None:
-            line = serve.stdout.readline()
-            assert line, serve.stderr.read()
-            found = re.search(r"127\.0\.0\.1:(\d+)", line)
-            port = int(found.group(1)) if found else None
-        base = f"http://127.0.0.1:{port}"
-        _wait_http(f"{base}/v2/health/ready")
+        serve, base = _serve(state, keys)
         x = digits8["x_test"][:1]
         body = json.dumps({"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32",
                                        "data": x.reshape(-1).tolist()}]}).encode()
@@ -418,6 +424,63 @@ def test_serve_hot_reloads_the_agents_update_with_no_failed_request(tmp_path, bu
         if serve is not None:
             serve.send_signal(signal.SIGTERM)
             serve.wait(30)
+
+
+def test_agent_asks_the_server_to_load_the_switched_slot(tmp_path, bundles, keys, make_repo):
+    """Triton's repository extension: the agent's load request is taken up at once (the server's
+    own poll is an hour here, longer than the agent's 30 s health timeout)."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    repo, server = make_repo(bundles[1])
+    state = tmp_path / "state"
+    assert _agent(server, repo, state, keys).returncode == 0
+    serve, base = _serve(state, keys, "--reload-poll", "3600")
+    try:
+        publish(repo, bundles[2])
+        done = _agent(server, repo, state, keys, "--health-url", base)
+        assert done.returncode == 0 and "updated to v2" in done.stdout, done.stdout + done.stderr
+        client = httpclient.InferenceServerClient(base.removeprefix("http://"))
+        assert "model_repository" in client.get_server_metadata()["extensions"]
+        assert client.get_model_repository_index() == [{"name": "digits", "version": "2", "state": "READY", "reason": ""}]
+        client.load_model("digits")  # nothing new: still v2
+        with pytest.raises(InferenceServerException, match="takes no parameters"):
+            client.load_model("digits", config='{"backend": "python"}')
+        with pytest.raises(InferenceServerException, match="unknown model"):
+            client.load_model("other")
+        assert client.get_model_metadata("digits")["versions"] == ["2"]
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(30)
+
+
+def test_a_switched_slot_the_server_cannot_verify_is_refused_on_load(tmp_path, bundles, keys, make_repo):
+    """Whatever lands in the served slot is verified before load: an untrusted bundle switched in
+    behind the agent's back is refused, the old model keeps serving, and the reason is shown."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    repo, server = make_repo(bundles[1])
+    state = tmp_path / "state"
+    assert _agent(server, repo, state, keys).returncode == 0
+    serve, base = _serve(state, keys, "--reload-poll", "3600")
+    try:
+        active = os.readlink(state / "current")
+        other = "slots/b" if active.endswith("a") else "slots/a"
+        shutil.copyfile(bundles["untrusted"], state / other / "bundle.edgeship")
+        os.symlink(other, state / "current.new")
+        os.replace(state / "current.new", state / "current")
+        client = httpclient.InferenceServerClient(base.removeprefix("http://"))
+        with pytest.raises(InferenceServerException, match="still serving v1; the new bundle was refused: .*signature"):
+            client.load_model("digits")
+        (entry,) = client.get_model_repository_index()
+        assert entry["version"] == "1" and "signature" in entry["reason"]
+        x = httpclient.InferInput("image", [1, 1, 8, 8], "FP32")
+        x.set_data_from_numpy(np.zeros((1, 1, 8, 8), np.float32))
+        assert client.infer("digits", [x]).get_response()["model_version"] == "1"
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(30)
 
 
 def test_agent_configuration_errors_are_one_line(tmp_path, keys):

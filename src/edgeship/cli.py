@@ -432,6 +432,9 @@ def serve(
     cache_size: int = typer.Option(0, "--cache-size", help="LRU cache of results, entries per model (0: off)."),
     idle_unload: Optional[float] = typer.Option(None, "--idle-unload",
                                                 help="Unload a model idle this many seconds; reload on the next request."),
+    reload_poll: float = typer.Option(0.5, "--reload-poll",
+                                      help="For an agent's state directory: seconds between checks for a switched "
+                                           "bundle (the agent also asks for it at once)."),
 ) -> None:
     """Serve bundles over the Open Inference Protocol (KServe v2 REST), with batching and metrics."""
     from edgeship.runtime.server import ServeSettings, Trust, serve as serve_bundles
@@ -452,7 +455,7 @@ def serve(
         settings = ServeSettings(host=host, port=port, threads=threads, max_batch_size=max_batch_size,
                                  max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue,
                                  max_request_bytes=int(max_request_mb * (1 << 20)), cache_size=cache_size,
-                                 idle_unload_s=idle_unload)
+                                 idle_unload_s=idle_unload, reload_poll_s=reload_poll)
         serve_bundles(list(bundles), Trust(load_public_keys(list(trust)), key, state_dir, allow_downgrade),
                       settings, on_listening=listening)
 

@@ -346,6 +346,22 @@ class Agent:
 
         base = self.config.health_url.rstrip("/")
         model = self.config.model
+        # ask the server to take up the switched slot now (Triton's repository extension); a server
+        # without it notices the switch at its next poll
+        load = urllib.request.Request(f"{base}/v2/repository/models/{model}/load", data=b"{}",
+                                      headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(load, timeout=60):
+                pass
+        except urllib.error.HTTPError as exc:
+            if exc.code == 400:
+                try:
+                    reason = json.loads(exc.read()).get("error", exc.reason)
+                except ValueError:
+                    reason = exc.reason
+                raise _StepError("health", f"the server refused the new bundle: {reason}") from None
+        except OSError:
+            pass
         deadline = time.monotonic() + self.config.health_timeout_s
         serving = None
         while time.monotonic() < deadline:

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -84,6 +85,8 @@ class ServeSettings:
             raise ConfigError(f"idle-unload must be > 0 seconds, got {self.idle_unload_s}.")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0-65535, got {self.port}.")
+        if not self.reload_poll_s > 0:
+            raise ConfigError(f"reload-poll must be > 0 seconds, got {self.reload_poll_s}.")
 
 
 def has_batch_axis(manifest: dict[str, Any]) -> bool:
@@ -251,6 +254,9 @@ class ModelHost:
         if key == self._source_key or key == (None,):
             return False
         async with self._load_lock:
+            key = self._key()  # another caller (the watcher, or a load request) may have reloaded meanwhile
+            if key == self._source_key or key == (None,):
+                return False
             self._source_key = key
             try:
                 runtime = await asyncio.get_running_loop().run_in_executor(None, self._open)
@@ -266,6 +272,15 @@ class ModelHost:
             self.reload_error = None
             self._adopt(runtime)  # requests already running finish on the old runtime they hold
             return True
+
+    async def load_now(self) -> None:
+        """The repository extension's load: take up a switched state directory now (instead of
+        at the next poll), and load a model that was unloaded while idle."""
+        await self.reload_if_changed()
+        if self.reload_error:
+            raise ProtocolError(f"{self.name}: still serving v{self.version}; the new bundle was refused: "
+                                f"{self.reload_error}", 400)
+        await self._ensure_loaded()
 
     def unload_if_idle(self, now: float) -> bool:
         idle = self.settings.idle_unload_s
@@ -466,7 +481,8 @@ def create_app(bundles: list[Path], trust: Trust, settings: ServeSettings | None
 
     @app.get("/v2", tags=["server"])
     async def server_metadata() -> dict[str, Any]:
-        return {"name": "edgeship", "version": edgeship.__version__, "extensions": ["binary_tensor_data"]}
+        return {"name": "edgeship", "version": edgeship.__version__,
+                "extensions": ["binary_tensor_data", "model_repository"]}
 
     def model_metadata(name: str, version: str | None) -> dict[str, Any]:
         host = registry.get(name, version)
@@ -532,6 +548,31 @@ def create_app(bundles: list[Path], trust: Trust, settings: ServeSettings | None
     @app.post("/v2/models/{name}/versions/{version}/infer", tags=["inference"], openapi_extra=_openapi_infer_body())
     async def infer_version(name: str, version: str, request: Request) -> Response:
         return await do_infer(name, version, request)
+
+    # Triton's model repository extension, the part that fits bundles checked before load:
+    # an index, and a load that takes up what the update agent switched to (no new files).
+    @app.post("/v2/repository/index", tags=["repository"])
+    async def repository_index() -> list[dict[str, Any]]:
+        return [{"name": h.name, "version": str(h.version), "state": "READY",
+                 "reason": h.reload_error or ("" if h.runtime is not None else "unloaded while idle; loads on demand")}
+                for h in registry.hosts]
+
+    @app.post("/v2/repository/models/{name}/load", tags=["repository"])
+    async def repository_load(name: str, request: Request) -> dict[str, Any]:
+        body = await request.body()
+        try:
+            params = json.loads(body) if body.strip() else {}
+        except ValueError:
+            raise ProtocolError("malformed request: the load body is not JSON.", 400) from None
+        if not isinstance(params, dict) or params.get("parameters"):
+            raise ProtocolError("load takes no parameters: this server loads only its own bundles (or the "
+                                "bundle its update agent switched to), each verified before load.", 400)
+        hosts = [h for h in registry.hosts if h.name == name]
+        if not hosts:
+            registry.get(name)  # raises the 404 with the names this server has
+        for host in hosts:
+            await host.load_now()
+        return {}
 
     @app.get("/metrics", tags=["server"])
     async def prometheus() -> Response:
