@@ -8,7 +8,8 @@ Measured in one run, on this machine:
   concurrency 16, with dynamic batching and without, against raw ONNX Runtime at batch 16
   and at batch 1;
 - load time: ``Runtime.open`` of an encrypted MiniLM bundle (verify + decrypt + load + self-test)
-  against ``ort.InferenceSession(path)``, fp32 and int8;
+  against ``ort.InferenceSession(path)``, fp32 and int8; and each one's resident memory after
+  one prediction, and peak, in a fresh process;
 - footprint: the site-packages of a fresh venv with ``pip install edgeship[runtime]``.
 
 The load generator (benchmarks/_loadgen.py) runs in its own process with pre-encoded requests,
@@ -195,6 +196,33 @@ def bench_throughput(keys: dict[str, Path], threads: int, int8, seconds: float =
             "ratio_vs_raw_batch16": {k: v["per_second"] / raw16["rows_per_second"] for k, v in served.items()}}
 
 
+_MEMORY_CHILD = """
+import json, sys
+import numpy as np
+mode, target, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if mode == "runtime":
+    from edgeship.runtime import Runtime
+    r = Runtime.open(target, sys.argv[4], sys.argv[5], threads)
+    r.predict({spec["name"]: np.ones([1, 64], np.int64) for spec in r.manifest["inputs"]})
+else:
+    import onnxruntime as ort
+    so = ort.SessionOptions(); so.intra_op_num_threads = threads
+    s = ort.InferenceSession(target, so, providers=["CPUExecutionProvider"])
+    s.run(None, {i.name: np.ones([1, 64], np.int64) for i in s.get_inputs()})
+import gc; gc.collect()
+rss = int(open("/proc/self/statm").read().split()[1]) * 4096
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))  # kB; ru_maxrss
+print(json.dumps({"rss_mb": rss / 2**20, "peak_mb": hwm / 1024}))  # would include the parent's, from before exec
+"""
+
+
+def _memory(mode: str, target: Path, threads: int, *extra: str) -> dict[str, float]:
+    """Resident memory of a fresh process after it opened the model and ran it once, and its peak."""
+    done = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, mode, str(target), str(threads), *extra],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def bench_load(keys: dict[str, Path], threads: int, fp32, int8, repeats: int = 7) -> dict:  # type: ignore[no-untyped-def]
     from edgeship.bundle.keys import load_content_key, load_public_keys
     from edgeship.runtime import Runtime
@@ -214,7 +242,9 @@ def bench_load(keys: dict[str, Path], threads: int, fp32, int8, repeats: int = 7
             opened.append(time.perf_counter() - start)
         out[label] = {"model_mb": model.path.stat().st_size / 1e6, "ort_session_s": float(np.median(plain)),
                       "runtime_open_s": float(np.median(opened)),
-                      "ratio": float(np.median(opened) / np.median(plain))}
+                      "ratio": float(np.median(opened) / np.median(plain)),
+                      "memory_ort_session": _memory("ort", model.path, threads),
+                      "memory_runtime_open": _memory("runtime", bundle, threads, str(keys["public"]), str(keys["content"]))}
     return out
 
 
@@ -294,6 +324,9 @@ def main() -> None:
         for label, v in results["load"].items():
             print(f"| open MiniLM {label} bundle (verify+decrypt+load+self-test) | {v['runtime_open_s'] * 1000:.0f} ms = "
                   f"{v['ratio']:.2f}x ORT session ({v['ort_session_s'] * 1000:.0f} ms) | <= 1.3x |")
+            m, o = v["memory_runtime_open"], v["memory_ort_session"]
+            print(f"| MiniLM {label} resident after open + 1 prediction (peak) | runtime {m['rss_mb']:.0f} MB "
+                  f"({m['peak_mb']:.0f}), ORT session {o['rss_mb']:.0f} MB ({o['peak_mb']:.0f}) | |")
     if "footprint" in results:
         for label, f in results["footprint"].items():
             print(f"| runtime-only install ({label}), site-packages | {f['site_packages_mb']:.0f} MB, of which onnxruntime + "
