@@ -163,7 +163,7 @@ def record_accepted(state_dir: Path | str, name: str, version: int) -> None:
     from edgeship._workspace import atomic_write_bytes
 
     state_dir = Path(state_dir)
-    versions = accepted_versions(state_dir) if state_dir.is_dir() else {}
+    versions = accepted_versions(state_dir)
     versions[name] = max(int(version), versions.get(name, 0))
     atomic_write_bytes(_state_file(state_dir), json.dumps(versions).encode())
 

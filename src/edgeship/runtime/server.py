@@ -250,11 +250,8 @@ class ModelHost:
         """For a state directory: when ``current`` moved, verify and load the new bundle, then swap."""
         if not self.slotted or self._load_lock is None:
             return False
-        key = self._key()
-        if key == self._source_key or key == (None,):
-            return False
-        async with self._load_lock:
-            key = self._key()  # another caller (the watcher, or a load request) may have reloaded meanwhile
+        async with self._load_lock:  # the watcher and load requests both come here: one reloads
+            key = self._key()
             if key == self._source_key or key == (None,):
                 return False
             self._source_key = key
@@ -567,10 +564,8 @@ def create_app(bundles: list[Path], trust: Trust, settings: ServeSettings | None
         if not isinstance(params, dict) or params.get("parameters"):
             raise ProtocolError("load takes no parameters: this server loads only its own bundles (or the "
                                 "bundle its update agent switched to), each verified before load.", 400)
-        hosts = [h for h in registry.hosts if h.name == name]
-        if not hosts:
-            registry.get(name)  # raises the 404 with the names this server has
-        for host in hosts:
+        registry.get(name)  # 404 for a name this server does not have
+        for host in registry.by_name[name].values():
             await host.load_now()
         return {}
 
