@@ -123,38 +123,38 @@ class Traffic:
         self.proc.wait(30)
 
 
+def make_agent(root: Path, url: str, repo: Path, i: int, keys: dict[str, Path], health_url: str | None) -> Agent:
+    """Device ``i``: its own state directory and id; only device 0 health-checks the served model."""
+    return Agent(AgentConfig(url, repo / "root.json", root / f"agent-{i:03d}", "digits", load_public_keys(keys["public"]),
+                             load_content_key(keys["content"]), device_id=f"device-{i:03d}",
+                             health_url=health_url if i == 0 else None))
+
+
 def make_agents(root: Path, url: str, repo: Path, n: int, keys: dict[str, Path], health_url: str | None) -> list[Agent]:
-    trusted, content = load_public_keys(keys["public"]), load_content_key(keys["content"])
-    return [Agent(AgentConfig(url, repo / "root.json", root / f"agent-{i:03d}", "digits", trusted, content,
-                              device_id=f"device-{i:03d}", health_url=health_url if i == 0 else None))
-            for i in range(n)]
+    return [make_agent(root, url, repo, i, keys, health_url) for i in range(n)]
 
 
 def _burst_worker(args: tuple, ready: Any, go: Any, results: Any) -> None:
     """One simulated device in its own process: imports done and agent built before the start signal."""
-    url, repo, state, device, keys, health_url, warm = args
-    agent = Agent(AgentConfig(url, repo / "root.json", state, "digits", load_public_keys(keys["public"]),
-                              load_content_key(keys["content"]), device_id=device, health_url=health_url))
+    agent = make_agent(*args)
     import onnxruntime  # noqa: F401  (what the self-test needs, loaded before the clock starts)
 
-    if warm:  # a device's agent is a daemon that has polled before: one check at v1 warms it up
-        agent.check_once()
+    agent.check_once()  # a device's agent is a daemon that has polled before: one check warms it up
     ready.release()
     go.wait()
     cpu = time.process_time()
     result = agent.check_once()
-    results.put((device, time.time(), time.process_time() - cpu, result.status, agent.active_version))
+    results.put((agent.device_id, time.time(), time.process_time() - cpu, result.status, agent.active_version))
 
 
 def burst(root: Path, url: str, repo: Path, n: int, keys: dict[str, Path], health_url: str | None,
-          publish_fn: Any, warm: bool = True) -> dict:
+          publish_fn: Any) -> dict:
     """N agent processes, all checking the moment the new version is published."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     ready, go, results = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_burst_worker, args=((url, repo, root / f"agent-{i:03d}", f"device-{i:03d}", keys,
-                                                     health_url if i == 0 else None, warm), ready, go, results))
+    procs = [ctx.Process(target=_burst_worker, args=((root, url, repo, i, keys, health_url), ready, go, results))
              for i in range(n)]
     for p in procs:
         p.start()

@@ -210,9 +210,8 @@ else:
     s = ort.InferenceSession(target, so, providers=["CPUExecutionProvider"])
     s.run(None, {i.name: np.ones([1, 64], np.int64) for i in s.get_inputs()})
 import gc; gc.collect()
-rss = int(open("/proc/self/statm").read().split()[1]) * 4096
-hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))  # kB; ru_maxrss
-print(json.dumps({"rss_mb": rss / 2**20, "peak_mb": hwm / 1024}))  # would include the parent's, from before exec
+from edgeship._memprobe import _status_kib  # VmHWM starts afresh at exec; ru_maxrss would not
+print(json.dumps({"rss_mb": _status_kib("VmRSS") / 1024, "peak_mb": _status_kib("VmHWM") / 1024}))
 """
 
 
