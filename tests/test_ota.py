@@ -4,6 +4,7 @@ at every step (kill -9, corrupted downloads, untrusted signers, failing self-tes
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -123,12 +125,25 @@ def make_repo(tmp_path):
         server.close()
 
 
+def _agent_cmd(server: RepoServer, repo: Path, state: Path, keys, *extra: str, device: str = "dev-1") -> list[str]:
+    return CLI + ["agent", "--repo-url", server.url, "--root", str(repo / "root.json"), "--state-dir", str(state),
+                  "--model", "digits", "--trust", str(keys["public"]), "--decrypt-key", str(keys["content"]),
+                  "--device-id", device, "--once", *extra]
+
+
 def _agent(server: RepoServer, repo: Path, state: Path, keys, *extra: str, env: dict | None = None,
            device: str = "dev-1") -> subprocess.CompletedProcess:
-    cmd = CLI + ["agent", "--repo-url", server.url, "--root", str(repo / "root.json"), "--state-dir", str(state),
-                 "--model", "digits", "--trust", str(keys["public"]), "--decrypt-key", str(keys["content"]),
-                 "--device-id", device, "--once", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, **(env or {})})
+    return subprocess.run(_agent_cmd(server, repo, state, keys, *extra, device=device), capture_output=True,
+                          text=True, timeout=180, env={**os.environ, **(env or {})})
+
+
+def _paused_agent(server: RepoServer, repo: Path, state: Path, keys, step: str) -> subprocess.Popen:
+    """An agent process stopped inside ``step`` (EDGESHIP_AGENT_PAUSE), once it says so."""
+    proc = subprocess.Popen(_agent_cmd(server, repo, state, keys), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "EDGESHIP_AGENT_PAUSE": step})
+    line = proc.stdout.readline()
+    assert line.strip() == f"paused at {step}", line + proc.stderr.read()
+    return proc
 
 
 def _state(state: Path) -> dict:
@@ -240,17 +255,11 @@ def test_kill_9_at_each_step_ends_on_a_verified_model(step, at_v1, keys, tmp_pat
     repo, server, template = at_v1
     state = tmp_path / "state"
     shutil.copytree(template, state, symlinks=True)
-    cmd = CLI + ["agent", "--repo-url", server.url, "--root", str(repo / "root.json"), "--state-dir", str(state),
-                 "--model", "digits", "--trust", str(keys["public"]), "--decrypt-key", str(keys["content"]),
-                 "--device-id", "dev-1", "--once"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "EDGESHIP_AGENT_PAUSE": step})
-    line = proc.stdout.readline()
-    assert line.strip() == f"paused at {step}", line + proc.stderr.read()
+    proc = _paused_agent(server, repo, state, keys, step)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     assert _serving(state, keys) in (1, 2)  # a verified model, old or new, at the moment of the kill
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    done = _agent(server, repo, state, keys)
     assert done.returncode == 0, done.stdout + done.stderr
     after = _state(state)
     assert _serving(state, keys) == 2 and after["pending"] is None and after["versions"][after["active"]] == 2
@@ -362,8 +371,9 @@ def test_tuf_endless_data_is_refused(what, tmp_path, bundles, keys, make_repo):
     _refused(_agent(server, repo, state, keys), state, keys, r"download: .*(Length|length)")
 
 
-def _serve(state: Path, keys, *extra: str) -> tuple[subprocess.Popen, str]:
-    """`edgeship serve` on an agent's state directory; (process, base URL) once it is ready."""
+@contextlib.contextmanager
+def _serve(state: Path, keys, *extra: str) -> Iterator[str]:
+    """`edgeship serve` on an agent's state directory: its base URL once it is ready; SIGTERM after."""
     serve = subprocess.Popen(CLI + ["serve", str(state), "--trust", str(keys["public"]), "--decrypt-key",
                                     str(keys["content"]), "--port", "0", *extra], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
@@ -374,8 +384,12 @@ def _serve(state: Path, keys, *extra: str) -> tuple[subprocess.Popen, str]:
         found = re.search(r"127\.0\.0\.1:(\d+)", line)
         port = int(found.group(1)) if found else None
     base = f"http://127.0.0.1:{port}"
-    _wait_http(f"{base}/v2/health/ready")
-    return serve, base
+    try:
+        _wait_http(f"{base}/v2/health/ready")
+        yield base
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(30)
 
 
 def test_serve_hot_reloads_the_agents_update_with_no_failed_request(tmp_path, bundles, keys, digits8, make_repo):
@@ -383,10 +397,8 @@ def test_serve_hot_reloads_the_agents_update_with_no_failed_request(tmp_path, bu
 
     repo, server = make_repo(bundles[1])
     state = tmp_path / "state"
-    serve = None
-    try:
-        assert _agent(server, repo, state, keys).returncode == 0
-        serve, base = _serve(state, keys)
+    assert _agent(server, repo, state, keys).returncode == 0
+    with _serve(state, keys) as base:
         x = digits8["x_test"][:1]
         body = json.dumps({"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32",
                                        "data": x.reshape(-1).tolist()}]}).encode()
@@ -420,10 +432,6 @@ def test_serve_hot_reloads_the_agents_update_with_no_failed_request(tmp_path, bu
         assert versions == {"1", "2"}  # served v1, then v2, without a failed request
         meta = json.loads(urllib.request.urlopen(f"{base}/v2/models/digits").read())
         assert meta["versions"] == ["2"]
-    finally:
-        if serve is not None:
-            serve.send_signal(signal.SIGTERM)
-            serve.wait(30)
 
 
 def test_agent_asks_the_server_to_load_the_switched_slot(tmp_path, bundles, keys, make_repo):
@@ -435,8 +443,7 @@ def test_agent_asks_the_server_to_load_the_switched_slot(tmp_path, bundles, keys
     repo, server = make_repo(bundles[1])
     state = tmp_path / "state"
     assert _agent(server, repo, state, keys).returncode == 0
-    serve, base = _serve(state, keys, "--reload-poll", "3600")
-    try:
+    with _serve(state, keys, "--reload-poll", "3600") as base:
         publish(repo, bundles[2])
         done = _agent(server, repo, state, keys, "--health-url", base)
         assert done.returncode == 0 and "updated to v2" in done.stdout, done.stdout + done.stderr
@@ -449,9 +456,6 @@ def test_agent_asks_the_server_to_load_the_switched_slot(tmp_path, bundles, keys
         with pytest.raises(InferenceServerException, match="unknown model"):
             client.load_model("other")
         assert client.get_model_metadata("digits")["versions"] == ["2"]
-    finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(30)
 
 
 def test_a_switched_slot_the_server_cannot_verify_is_refused_on_load(tmp_path, bundles, keys, make_repo):
@@ -463,8 +467,7 @@ def test_a_switched_slot_the_server_cannot_verify_is_refused_on_load(tmp_path, b
     repo, server = make_repo(bundles[1])
     state = tmp_path / "state"
     assert _agent(server, repo, state, keys).returncode == 0
-    serve, base = _serve(state, keys, "--reload-poll", "3600")
-    try:
+    with _serve(state, keys, "--reload-poll", "3600") as base:
         active = os.readlink(state / "current")
         other = "slots/b" if active.endswith("a") else "slots/a"
         shutil.copyfile(bundles["untrusted"], state / other / "bundle.edgeship")
@@ -478,9 +481,6 @@ def test_a_switched_slot_the_server_cannot_verify_is_refused_on_load(tmp_path, b
         x = httpclient.InferInput("image", [1, 1, 8, 8], "FP32")
         x.set_data_from_numpy(np.zeros((1, 1, 8, 8), np.float32))
         assert client.infer("digits", [x]).get_response()["model_version"] == "1"
-    finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(30)
 
 
 def test_agent_configuration_errors_are_one_line(tmp_path, keys):
@@ -499,13 +499,8 @@ def test_one_agent_per_state_directory(at_v1, keys, tmp_path):
     repo, server, template = at_v1
     state = tmp_path / "state"
     shutil.copytree(template, state, symlinks=True)
-    first = subprocess.Popen(CLI + ["agent", "--repo-url", server.url, "--root", str(repo / "root.json"),
-                                    "--state-dir", str(state), "--model", "digits", "--trust", str(keys["public"]),
-                                    "--decrypt-key", str(keys["content"]), "--once"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "EDGESHIP_AGENT_PAUSE": "install"})
+    first = _paused_agent(server, repo, state, keys, "install")
     try:
-        assert first.stdout.readline().strip() == "paused at install"
         second = _agent(server, repo, state, keys)
         assert second.returncode == 2 and "another agent is running" in second.stderr
     finally:
