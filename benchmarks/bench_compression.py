@@ -55,7 +55,7 @@ def main() -> None:
         (name, by_name[name]) for name in RECIPES.split(",")
     ]
     ort_timings, eager = time_sessions(
-        [c.model.session(args.threads) for _, c in rows[1:]], TorchSession(model.torch_module, ["image"], args.threads),
+        [c.model.session(args.threads) for _, c in rows[1:]], TorchSession(model.torch_module, ["image"], args.threads, ["logits"]),
         feeds, warmup=20, runs=500, rounds=5, min_seconds=3.0,
     )
     timings = [eager, *ort_timings]

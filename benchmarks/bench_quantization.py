@@ -47,7 +47,7 @@ def bench(name: str, threads: int, max_drop: float) -> dict:
     evaluation, metric = plan.evaluation, plan.metric
     names = [s.name for s in model.inputs]
     feeds = {k: np.ascontiguousarray(v[:1]) for k, v in evaluation.inputs.items()}
-    torch_session = TorchSession(model.torch_module, names, threads)
+    torch_session = TorchSession(model.torch_module, names, threads, [s.name for s in model.outputs])
     entries = {
         "onnxruntime_fp32": (model.session(threads), model),
         "ort_quantize_dynamic_defaults": (peer.session(threads), peer),
@@ -65,7 +65,7 @@ def bench(name: str, threads: int, max_drop: float) -> dict:
     for (label, (session, m)), timing in zip(entries.items(), timings):
         outputs = run_outputs(session, evaluation.batches(1))
         row = {
-            metric.name: metric.fn(outputs, reference, evaluation.labels),
+            metric.name: metric.score(outputs, reference, evaluation.labels),
             "latency_ms_p50": timing["latency_ms_p50"],
             "latency_ms_p95": timing["latency_ms_p95"],
         }

@@ -8,7 +8,7 @@ import edgeship
 from edgeship.executors import ProcessExecutor, make_executor
 from edgeship.errors import ConfigError
 
-FAST = edgeship.EvalSettings(runs=10, rounds=1, warmup=2, measure_memory=False)
+FAST = edgeship.EvalSettings(runs=10, rounds=2, warmup=2, measure_memory=False)
 RECIPES = "fp16,static-int8-minmax,dynamic-int8-pc"
 
 

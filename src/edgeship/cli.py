@@ -120,10 +120,13 @@ def optimize(
     eval: Optional[Path] = typer.Option(None, "--eval", help="Evaluation data; without it --data is split in two."),
     train: Optional[Path] = typer.Option(None, "--train", help="Training data (.npz with 'labels') for pruning fine-tunes and distillation; adds pruning chains to auto."),
     metric: Optional[str] = typer.Option(None, "--metric", help="accuracy | cosine | mse | MODULE:FUNCTION (default: accuracy if labelled, else cosine)."),
+    output: Optional[str] = typer.Option(None, "--output", help="The model output the metric reads (default: the unambiguous one; cosine and mse compare every float output)."),
     recipes: str = typer.Option("auto", "--recipes", help="auto, NAME[,NAME...] (see `edgeship recipes`), or a recipe .yaml/.json."),
     max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop", help="Allowed metric drop, in the metric's units (0.01 = 1 point of accuracy)."),
     threads: int = typer.Option(2, "--threads", help="Intra-op threads for every measurement."),
-    objective: str = typer.Option("latency", "--objective", help="What `best` minimises: latency | size | energy | accuracy."),
+    objective: str = typer.Option("latency", "--objective", help="What `best` minimises: latency | size | memory | energy | accuracy. latency and energy need candidates measurably faster; the others, not slower."),
+    min_speedup: Optional[float] = typer.Option(None, "--min-speedup", help="Ask every candidate for at least this speedup (the whole confidence interval)."),
+    confidence: float = typer.Option(0.95, "--confidence", help="Confidence of the faster / not-slower verdicts."),
     target: Optional[str] = typer.Option(None, "--target", help="Device profile id (see `edgeship targets`) or .toml: fit estimates and budget lines there."),
     max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms", help="Budget: latency on the target."),
     max_memory_mb: Optional[float] = typer.Option(None, "--max-memory-mb", help="Budget: peak memory on the target."),
@@ -142,13 +145,14 @@ def optimize(
 
     def work() -> Any:
         check_out_dir(out)
-        budget = edgeship.Budget(max_accuracy_drop=max_accuracy_drop, max_latency_ms=max_latency_ms,
+        budget = edgeship.Budget(max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, confidence=confidence,
+                                 max_latency_ms=max_latency_ms,
                                  max_memory_mb=max_memory_mb, max_size_mb=max_size_mb, max_energy_mj=max_energy_mj)
         settings = edgeship.EvalSettings(threads=threads, text_max_length=seq_len)
         plan = plan_optimization(model, data=data, eval_data=eval, metric=metric, recipes=recipes,
                                  budget=budget, settings=settings, objective=objective,  # type: ignore[arg-type]
                                  train_data=train, target=target, request_rate_hz=request_rate,
-                                 executor=executor, ray_address=ray_address)
+                                 executor=executor, ray_address=ray_address, output=output)
         progress, update = _progress_runner("optimizing")
         with progress:
             result = plan.run(update)
@@ -398,7 +402,7 @@ def run(
         runtime = Runtime.open(bundle, [str(t) for t in trust], decrypt_key, threads)
         outputs = runtime.predict(inputs)
         if output is not None:
-            from edgeship._workspace import atomic_write_bytes
+            from edgeship.core.files import atomic_write_bytes
             import io
 
             buffer = io.BytesIO()

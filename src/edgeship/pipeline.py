@@ -13,10 +13,12 @@ from edgeship._workspace import scratch_dir
 from edgeship.dataset import Dataset, load_data, split
 from edgeship.errors import ConfigError, EdgeshipError
 from edgeship.evaluate import Metric, get_metric, measure_latencies, measure_peak_memory, run_outputs
+from edgeship.evaluate.metrics import non_tensor_outputs
 from edgeship._graph import weight_sparsity
 from edgeship.model import Model
 from edgeship.passes import PassContext
 from edgeship.recipes import Recipe, resolve_recipes
+from edgeship.search.gate import choose, explain, fmt_line, gate, pareto, speed_demand
 
 __all__ = [
     "Budget",
@@ -29,7 +31,7 @@ __all__ = [
     "evaluate_model",
 ]
 
-Objective = Literal["latency", "size", "accuracy", "energy"]
+Objective = Literal["latency", "size", "memory", "accuracy", "energy"]
 ProgressFn = Callable[[int, int, str], None]
 
 
@@ -39,8 +41,11 @@ class Budget:
     (accuracy is a fraction: 0.01 = one percentage point; cosine 0.01 = 1.0 -> 0.99)."""
 
     max_accuracy_drop: float = 0.01
-    #: "faster" means at least this speedup, so that timing noise does not pass a candidate.
-    min_speedup: float = 1.05
+    #: an explicit speed demand: the speedup's whole confidence interval must clear it. None: the
+    #: objective decides (latency and energy need "faster", the others "not slower"; see search.gate)
+    min_speedup: float | None = None
+    #: confidence of the speed verdicts, from interleaved rounds
+    confidence: float = 0.95
     #: limits on the target device (estimates there; measurements when the target is `host`)
     max_latency_ms: float | None = None
     max_memory_mb: float | None = None
@@ -50,8 +55,10 @@ class Budget:
     def __post_init__(self) -> None:
         if not self.max_accuracy_drop >= 0:
             raise ConfigError(f"max_accuracy_drop must be >= 0, got {self.max_accuracy_drop}.")
-        if not self.min_speedup > 0:
+        if self.min_speedup is not None and not self.min_speedup > 0:
             raise ConfigError(f"min_speedup must be > 0, got {self.min_speedup}.")
+        if not 0.5 <= self.confidence < 1:
+            raise ConfigError(f"confidence must be in [0.5, 1), got {self.confidence}; 0.95 is usual.")
         for name in ("max_latency_ms", "max_memory_mb", "max_size_mb", "max_energy_mj"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -79,8 +86,9 @@ class EvalSettings:
     batch_size: int = 1
     warmup: int = 10
     runs: int = 100
-    #: latency is timed round-robin over all candidates in this many rounds
-    rounds: int = 5
+    #: latency is timed round-robin over all candidates in this many rounds; each round is one
+    #: paired observation for the speed verdict's confidence interval
+    rounds: int = 10
     measure_memory: bool = True
     max_eval_samples: int = 1000
     #: tokens per sentence when data is a .txt file for a Hugging Face text model
@@ -90,6 +98,8 @@ class EvalSettings:
         for name in ("threads", "batch_size", "runs", "max_eval_samples", "text_max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.rounds < 2:
+            raise ConfigError(f"rounds must be >= 2 (speed is judged from the spread between rounds), got {self.rounds}.")
 
 
 @dataclass
@@ -157,7 +167,8 @@ class OptimizeResult:
             "version": 1,
             "edgeship_version": __version__,
             "model": self.source,
-            "metric": {"name": self.metric.name, "higher_is_better": self.metric.higher_is_better},
+            "metric": {"name": self.metric.name, "higher_is_better": self.metric.higher_is_better,
+                       "output": self.metric.output or ("every float output" if self.metric.every_output else None)},
             "budget": self.budget.__dict__,
             "settings": self.settings.__dict__,
             "objective": self.objective,
@@ -191,16 +202,16 @@ def evaluate_model(
     model: Model,
     data: Dataset,
     metric: Metric,
-    reference: np.ndarray | None,
+    reference: dict[str, np.ndarray] | None,
     settings: EvalSettings,
-) -> tuple[dict[str, Any], np.ndarray]:
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Quality, size, memory, params and MACs of ``model`` (latency is timed separately,
     interleaved over all candidates). Returns (metrics, outputs); ``reference`` None = baseline."""
     session = model.session(settings.threads)
     eval_batch = 32 if model.has_batch_axis else 1
     outputs = run_outputs(session, data.batches(eval_batch))
     ref = outputs if reference is None else reference
-    metrics: dict[str, Any] = {metric.name: metric.fn(outputs, ref, data.labels)}
+    metrics: dict[str, Any] = {metric.name: metric.score(outputs, ref, data.labels)}
     feeds = _first_sample(data, settings.batch_size)
     metrics["size_bytes"] = model.size_bytes
     metrics["compressed_size_bytes"] = compressed_size(model)
@@ -210,65 +221,6 @@ def evaluate_model(
     shapes = {k: v.shape for k, v in feeds.items()}
     metrics.update(model.stats(shapes))
     return metrics, outputs
-
-
-def _pareto(points: list[tuple[float, ...]]) -> list[bool]:
-    """Non-dominated flags; every coordinate is lower-is-better."""
-    flags = []
-    for i, p in enumerate(points):
-        dominated = any(
-            all(q[k] <= p[k] for k in range(len(p))) and any(q[k] < p[k] for k in range(len(p)))
-            for j, q in enumerate(points)
-            if j != i
-        )
-        flags.append(not dominated)
-    return flags
-
-
-def _choose(candidates: list[Candidate], metric: Metric, objective: str) -> Candidate | None:
-    ok = [c for c in candidates if c.status == "ok"]
-    if not ok:
-        return None
-    sign = -1.0 if metric.higher_is_better else 1.0
-    keys = {
-        "latency": lambda c: (c.metrics["latency_ms_p50"], c.metrics["size_bytes"]),
-        "size": lambda c: (c.metrics["size_bytes"], c.metrics["latency_ms_p50"]),
-        "accuracy": lambda c: (sign * c.metrics[metric.name], c.metrics["latency_ms_p50"]),
-        "energy": lambda c: (c.fit.get("figures", {}).get("energy_mj", float("inf")), c.metrics["latency_ms_p50"]),
-    }
-    if objective not in keys:
-        raise ConfigError(f"unknown objective {objective!r}; choose from {sorted(keys)}.")
-    return min(ok, key=keys[objective])
-
-
-def _gate(c: Candidate, base: dict[str, Any], metric: Metric, budget: Budget) -> None:
-    m = c.metrics
-    m["speedup"] = base["latency_ms_p50"] / m["latency_ms_p50"]
-    m["size_ratio"] = base["size_bytes"] / m["size_bytes"]
-    m["metric_drop"] = metric.drop(base[metric.name], m[metric.name])
-    reasons = []
-    if m["size_ratio"] <= 1.0:
-        reasons.append(f"not smaller than the baseline (size ratio {m['size_ratio']:.2f}x)")
-    if m["speedup"] < budget.min_speedup:
-        reasons.append(
-            f"not faster than the baseline (speedup {m['speedup']:.2f}x, needs {budget.min_speedup:.2f}x)"
-        )
-    if m["metric_drop"] > budget.max_accuracy_drop:
-        reasons.append(
-            f"{metric.name} drops by {m['metric_drop']:.4f}, more than the allowed {budget.max_accuracy_drop}"
-        )
-    for line in c.fit.get("lines", []):
-        if not line["ok"]:
-            reasons.append(f"breaks {line['line']} on {c.fit['target']}: {_fmt_line(line)}")
-    if reasons:
-        c.status, c.reason = "rejected", "; ".join(reasons)
-
-
-def _fmt_line(line: dict[str, Any]) -> str:
-    if line["line"] in ("max-memory-mb", "max-size-mb"):
-        return f"{line['value'] / 2**20:.2f} MiB > {line['limit'] / 2**20:.2f} MiB"
-    unit = "ms" if line["line"] == "max-latency-ms" else "mJ"
-    return f"{line['value']:.4g} {unit} > {line['limit']:.4g} {unit}"
 
 
 def _fit(model: Model, plan: "OptimizationPlan", measured: dict[str, Any] | None) -> dict[str, Any]:
@@ -290,20 +242,6 @@ def _fit(model: Model, plan: "OptimizationPlan", measured: dict[str, Any] | None
         source = "measured on host (energy from the assumed host power)"
     return {"target": plan.target.id, "source": source, "figures": figures, "lines": plan.budget.check(figures),
             "estimate": est}
-
-
-def _violation(c: Candidate, budget: Budget, metric: Metric) -> tuple[float, str]:
-    """How far a candidate is from fitting (0 = fits), and the lines it breaks."""
-    worst, broken = 0.0, []
-    for line in c.fit.get("lines", []):
-        if not line["ok"]:
-            worst = max(worst, line["value"] / line["limit"] - 1)
-            broken.append(f"{line['line']} ({_fmt_line(line)})")
-    drop = c.metrics.get("metric_drop")
-    if drop is not None and drop > budget.max_accuracy_drop:
-        worst = max(worst, (drop - budget.max_accuracy_drop) / max(budget.max_accuracy_drop, 1e-3))
-        broken.append(f"max-accuracy-drop ({metric.name} drop {drop:.4f} > {budget.max_accuracy_drop})")
-    return worst, "; ".join(broken)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -371,7 +309,7 @@ class OptimizationPlan:
                     if broken and not self.target.measured:  # the estimate already breaks the budget
                         cand.status = "skipped"
                         cand.reason = "estimate breaks the budget before measuring: " + "; ".join(
-                            f"{line['line']} {_fmt_line(line)}" for line in broken)
+                            f"{line['line']} {fmt_line(line)}" for line in broken)
                         continue
                 notify(len(built), total, f"measuring {cand.recipe}")
                 cand.metrics, _ = evaluate_model(cand.model, self.evaluation, metric, reference, settings)
@@ -390,7 +328,7 @@ class OptimizationPlan:
                 c.fit = _fit(c.model, self, c.metrics)  # `host`: the budget uses the measurements
         for c in candidates:
             if c.status not in ("failed", "skipped"):
-                _gate(c, baseline.metrics, metric, self.budget)
+                gate(c, baseline.metrics, metric, self.budget, self.objective)
         notify(total, total, "done")
 
         sign = -1.0 if metric.higher_is_better else 1.0
@@ -399,41 +337,13 @@ class OptimizationPlan:
             p = (sign * c.metrics[metric.name], c.metrics["latency_ms_p50"], c.metrics["size_bytes"])
             return p + ((c.fit["figures"]["energy_mj"],) if c.fit else ())
 
-        for c, flag in zip(measured, _pareto([point(c) for c in measured])):
+        for c, flag in zip(measured, pareto([point(c) for c in measured])):
             c.pareto = flag
-        best = _choose(candidates, metric, self.objective)
+        best = choose(candidates, metric, self.objective)
         result = OptimizeResult(baseline, candidates, best, metric, self.budget, settings, self.objective,
                                 self.model.source, self.target)
-        _explain(result)
+        explain(result)
         return result
-
-
-def _explain(result: OptimizeResult) -> None:
-    """Why each candidate lost to the best; or, when nothing fits, which came closest."""
-    best, objective = result.best, result.objective
-    keys = {"latency": ("latency_ms_p50", "ms"), "size": ("size_bytes", "bytes"), "energy": (None, "mJ"),
-            "accuracy": (result.metric.name, "")}
-    for c in result.candidates:
-        if c is best:
-            continue
-        if c.status != "ok" or best is None:
-            c.lost_because = c.reason or c.status
-            continue
-        key, unit = keys[objective]
-        ours = c.fit["figures"]["energy_mj"] if key is None else c.metrics[key]
-        theirs = best.fit["figures"]["energy_mj"] if key is None else best.metrics[key]
-        c.lost_because = (f"meets every budget line, but its {objective} ({ours:.4g} {unit}) is worse than "
-                          f"{best.recipe}'s ({theirs:.4g} {unit})").replace(" )", ")")
-    if best is None:
-        contenders = [c for c in result.candidates if c.status in ("ok", "rejected", "skipped")]
-        scored = [(*_violation(c, result.budget, result.metric), c) for c in contenders]
-        fitting_lines = [s for s in scored if s[1]]
-        if fitting_lines:
-            score, why, closest = min(fitting_lines, key=lambda s: s[0])
-            result.closest, result.closest_reason = closest, why
-        elif contenders:
-            result.closest = contenders[0]
-            result.closest_reason = contenders[0].reason
 
 
 def plan_optimization(
@@ -450,14 +360,14 @@ def plan_optimization(
     request_rate_hz: float = 1.0,
     executor: Any = "process",
     ray_address: str | None = None,
+    output: str | None = None,
 ) -> OptimizationPlan:
     """Load and check the model, data, metric and recipes; raise on bad input. See :func:`optimize`."""
     from edgeship.importers import load
 
     budget = budget or Budget()
     settings = settings or EvalSettings()
-    if objective not in ("latency", "size", "accuracy", "energy"):
-        raise ConfigError(f"unknown objective {objective!r}; choose latency, size, energy or accuracy.")
+    speed_demand(objective)  # refuses an unknown objective
     profile = None
     if target is not None:
         from edgeship.targets import load_profile
@@ -473,7 +383,10 @@ def plan_optimization(
     else:
         evaluation = load_data(eval_data, model, settings.text_max_length)
     evaluation = evaluation.take(slice(0, settings.max_eval_samples))
-    metric = get_metric(metric, evaluation.labels is not None)
+    metric = get_metric(metric, evaluation.labels is not None, output)
+    first = model.session(settings.threads)  # the metric's output is chosen on the float model's outputs
+    metric = metric.resolve(run_outputs(first, [_first_sample(evaluation, 32 if model.has_batch_axis else 1)]),
+                            evaluation.labels, non_tensor_outputs(first))
     train = None
     if train_data is not None:
         from edgeship.passes._torch import check_train_labels
@@ -482,7 +395,12 @@ def plan_optimization(
         check_train_labels(model, train)
     explicit = not (isinstance(recipes, str) and recipes.strip() == "auto") and recipes is not None
     plan: list[Recipe] = []
+    # choices a recipe leaves to the CPU (int8 format) are made for the CPU the model is for
+    from edgeship.core.cpu import cpu_flags
+
+    flags = frozenset(profile.cpu_flags) if profile is not None else cpu_flags()
     for recipe in resolve_recipes(recipes, model, with_training=train is not None):
+        recipe = recipe.for_cpu(flags)
         try:
             recipe.check(model, PassContext(scratch_dir("check"), calibration, train))
             plan.append(recipe)
@@ -510,6 +428,7 @@ def optimize(
     request_rate_hz: float = 1.0,
     executor: Any = "process",
     ray_address: str | None = None,
+    output: str | None = None,
 ) -> OptimizeResult:
     """Try each recipe on ``model``, measure every candidate, and pick the best that passes.
 
@@ -520,7 +439,9 @@ def optimize(
         metric: ``accuracy`` (needs labels), ``cosine``, ``mse``, ``module:function``, a
             callable, or None for accuracy-if-labelled-else-cosine.
         recipes: ``"auto"``, ``"name1,name2"``, a recipe file, Recipe objects.
-        budget: the allowed quality drop. A candidate must also be smaller and faster.
+        budget: the allowed quality drop and device limits. A candidate must also be smaller, and
+            faster (objective latency or energy) or not slower (size, memory, accuracy) at the
+            budget's confidence, judged over interleaved timing rounds.
         objective: what ``best`` minimises among passing candidates.
         progress: called as ``progress(done, total, label)``.
         train_data: labelled training data (.npz, dict, Dataset) for pruning fine-tunes and
@@ -531,7 +452,9 @@ def optimize(
         request_rate_hz: requests per second, for the idle share of energy per inference.
         executor: where candidates are built: ``"process"`` (a local process pool, default),
             ``"local"`` (this process) or ``"ray"`` (Ray tasks; ``ray_address`` names a cluster).
+        output: the model output the metric reads (default: the one that is unambiguous; cosine
+            and mse compare every float output). See :mod:`edgeship.evaluate.metrics`.
     """
     plan = plan_optimization(model, data, eval_data, metric, recipes, budget, settings, objective, train_data,
-                             target, request_rate_hz, executor, ray_address)
+                             target, request_rate_hz, executor, ray_address, output)
     return plan.run(progress)

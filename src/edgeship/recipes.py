@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,10 @@ class Recipe:
         for step in self.steps:
             model = step.run(model, ctx)
         return model
+
+    def for_cpu(self, flags: frozenset[str]) -> "Recipe":
+        """This recipe with every choice left to the target CPU made (see PassConfig.for_cpu)."""
+        return replace(self, steps=tuple(step.for_cpu(flags) for step in self.steps))
 
     def check(self, model: Model, ctx: PassContext) -> None:
         """Whether the first step applies; later steps are checked as they run."""

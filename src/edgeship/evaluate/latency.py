@@ -61,10 +61,15 @@ def measure_latencies(
         for _ in range(warmup):
             session.run(None, feeds)
     samples: list[list[float]] = [[] for _ in sessions]
+    round_medians: list[list[float]] = [[] for _ in sessions]
     per_round_runs = max(1, runs // rounds)
     for r in range(rounds):
         for i, session in enumerate(sessions):
-            samples[i].extend(time_runs(session, feeds, per_round_runs, min_seconds / rounds))
+            times = time_runs(session, feeds, per_round_runs, min_seconds / rounds)
+            samples[i].extend(times)
+            round_medians[i].append(float(np.median(times)) * 1000.0)
         if progress is not None:
             progress(r + 1)
-    return [summarize(s) for s in samples]
+    # per-round medians pair each candidate with the baseline under the same load: the gate's
+    # confidence interval is computed on them (edgeship.search.gate.speedup_interval)
+    return [{**summarize(s), "latency_round_ms": m} for s, m in zip(samples, round_medians)]

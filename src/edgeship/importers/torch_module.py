@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -93,21 +90,22 @@ def check_parity(module: Any, args: tuple[Any, ...], path: Path, input_names: li
     probe = _parity_inputs(args)
     with torch.no_grad():
         expected = module(*probe)
-    expected = expected[0] if isinstance(expected, (tuple, list)) else expected
     if hasattr(expected, "last_hidden_state"):
         expected = expected.last_hidden_state
+    wanted = list(expected) if isinstance(expected, (tuple, list)) else [expected]
     so = ort.SessionOptions()
     so.log_severity_level = 3
     session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    got = session.run(None, {n: t.numpy() for n, t in zip(input_names, probe)})[0]
-    want = expected.detach().numpy()
-    scale = float(abs(want).max()) + 1e-6
-    if got.shape != want.shape or float(abs(got - want).max()) > 1e-3 * scale + 1e-4:
-        raise InvalidModelError(
-            f"the ONNX export of {type(module).__name__} does not reproduce the module on a new batch "
-            "(tracing froze data-dependent control flow or .item() into constants); make forward() "
-            "use tensor operations only."
-        )
+    outputs = session.run(None, {n: t.numpy() for n, t in zip(input_names, probe)})
+    for got, want in zip(outputs, wanted):  # every output, not only the first
+        want = want.detach().numpy()
+        scale = float(abs(want).max()) + 1e-6
+        if got.shape != want.shape or float(abs(got - want).max()) > 1e-3 * scale + 1e-4:
+            raise InvalidModelError(
+                f"the ONNX export of {type(module).__name__} does not reproduce the module on a new batch "
+                "(tracing froze data-dependent control flow or .item() into constants); make forward() "
+                "use tensor operations only."
+            )
 
 
 def from_torch(
@@ -153,29 +151,9 @@ def from_torch(
 
 def load_module_function(spec: str) -> Model:
     """``MODULE:FUNCTION`` (or ``path/file.py:FUNCTION``) returning ``(module, example_inputs)``."""
-    mod_name, _, func_name = spec.rpartition(":")
-    if not mod_name or not func_name:
-        raise InvalidModelError(f"expected MODULE:FUNCTION, got {spec!r}.")
-    try:
-        if mod_name.endswith(".py"):
-            file = Path(mod_name)
-            if not file.is_file():
-                raise FileNotFoundError(mod_name)
-            import_spec = importlib.util.spec_from_file_location(file.stem, file)
-            module = importlib.util.module_from_spec(import_spec)
-            import_spec.loader.exec_module(module)
-        else:
-            if "" not in sys.path:
-                sys.path.insert(0, "")
-            module = importlib.import_module(mod_name)
-    except Exception as exc:
-        raise InvalidModelError(
-            f"cannot import {mod_name!r} ({type(exc).__name__}: {exc}); check the module path "
-            "and run from the folder that contains it."
-        ) from None
-    func = getattr(module, func_name, None)
-    if not callable(func):
-        raise InvalidModelError(f"{mod_name!r} has no function {func_name!r}.")
+    from edgeship.core.usercode import load_callable
+
+    func = load_callable(spec, "model function", InvalidModelError)
     result = func()
     if not (isinstance(result, tuple) and len(result) == 2):
         raise InvalidModelError(

@@ -66,6 +66,11 @@ class PassConfig:
     def check(self, model: Model, ctx: PassContext) -> None:
         """Raise PassNotApplicableError when the pass cannot apply to ``model``."""
 
+    def for_cpu(self, flags: frozenset[str]) -> "PassConfig":
+        """This config with the choices left to the target CPU made (``flags`` as in /proc/cpuinfo;
+        empty for non-x86 targets). Most passes have none and return themselves."""
+        return self
+
     def apply(self, model: Model, ctx: PassContext) -> Model:
         raise NotImplementedError
 

@@ -15,15 +15,14 @@ __all__ = ["Distill"]
 
 def _load_student(spec: str) -> Any:
     """``MODULE:FUNCTION`` returning a torch module, or (module, example inputs)."""
-    import importlib
-
     import torch
 
-    module_name, _, func_name = spec.rpartition(":")
+    from edgeship.core.usercode import load_callable
+
+    func = load_callable(spec, "student", InvalidModelError)
     try:
-        func = getattr(importlib.import_module(module_name), func_name)
         built = func()
-    except Exception as exc:
+    except Exception as exc:  # the user's builder failed; say so in one line
         raise InvalidModelError(f"cannot build the student {spec!r}: {type(exc).__name__}: {exc}.") from None
     student = built[0] if isinstance(built, tuple) else built
     if not isinstance(student, torch.nn.Module):

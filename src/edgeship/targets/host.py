@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeship.core.cpu import cpu_flags
 from edgeship.targets.profiles import Profile, profile_from_dict
 
 __all__ = ["host_profile", "host_peak_macs_per_cycle", "cache_path"]
@@ -30,16 +31,6 @@ ASSUMED_IDLE_POWER_W = 5.0
 def cache_path() -> Path:
     root = Path(os.environ.get("EDGESHIP_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeship")
     return root / "host-profile.json"
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def _freq_ghz() -> float:
@@ -59,7 +50,7 @@ def _freq_ghz() -> float:
 
 def host_peak_macs_per_cycle() -> tuple[float, float]:
     """Datasheet-style peak (fp32, int8) MACs per cycle per core from the ISA flags."""
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if "avx512f" in flags:
         return 32.0, (128.0 if "avx512_vnni" in flags else 64.0)
     if "avx2" in flags and "fma" in flags:
@@ -280,4 +271,7 @@ def host_profile(refresh: bool = False) -> Profile:
         tmp.write_text(json.dumps(data, indent=2))
         os.replace(tmp, path)
     data = {k: v for k, v in data.items() if k != "cache_version"}
+    # read live, not from the cache: the flags decide the int8 format for this very CPU
+    data["cpu_flags"] = sorted(cpu_flags())
+    data["sources"] = {**data["sources"], "cpu_flags": "/proc/cpuinfo of this machine"}
     return profile_from_dict(data, "host")

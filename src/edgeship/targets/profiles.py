@@ -44,7 +44,16 @@ class Profile:
     runtime_overhead_kb: float | None = None  # None: ONNX Runtime's, measured on the host
     gpu: str = ""
     measured: bool = False  # True for `host`: figures measured on this machine
+    #: x86 /proc/cpuinfo-style ISA flags (avx2, avx512_vnni, ...); empty for other architectures
+    cpu_flags: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def int8_saturates(self) -> bool:
+        """Whether int8 U8S8 kernels saturate on this CPU (x86 without VNNI): see edgeship.core.cpu."""
+        from edgeship.core.cpu import u8s8_saturates
+
+        return u8s8_saturates(self.cpu_flags)
 
     @property
     def runs_onnxruntime(self) -> bool:
@@ -61,7 +70,8 @@ class Profile:
             "mem_bandwidth_gbs": self.mem_bandwidth_gbs, "ram_mb": self.ram_mb, "storage_mb": self.storage_mb,
             "idle_power_w": self.idle_power_w, "runtimes": list(self.runtimes),
             "dvfs": [s.__dict__ for s in self.dvfs], "microcontroller": self.microcontroller,
-            "gpu": self.gpu, "measured": self.measured, "sources": self.sources, **self.extra,
+            "gpu": self.gpu, "measured": self.measured, "cpu_flags": list(self.cpu_flags),
+            "int8_saturates": self.int8_saturates, "sources": self.sources, **self.extra,
         }
 
 
@@ -99,7 +109,12 @@ def profile_from_dict(data: dict[str, Any], where: str) -> Profile:
         raise ConfigError(f"{where}: runtimes must be a non-empty list of names, e.g. [\"onnxruntime\"].")
     known = {"id", "name", "cores", "fp32_macs_per_cycle", "int8_macs_per_cycle", "mem_bandwidth_gbs", "ram_mb",
              "storage_mb", "idle_power_w", "runtimes", "dvfs", "sources", "microcontroller",
-             "runtime_overhead_kb", "gpu", "measured"}
+             "runtime_overhead_kb", "gpu", "measured", "cpu_flags"}
+    flags = data.get("cpu_flags", [])
+    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        raise ConfigError(f"{where}: cpu_flags must be a list of ISA flag names, e.g. [\"avx2\", \"fma\"].")
+    if flags and not str(sources.get("cpu_flags", "")).strip():
+        raise ConfigError(f"{where}: cpu_flags has no source in [sources]; cite the CPU's specification.")
     return Profile(
         id=data["id"], name=data["name"],
         cores=int(_number(data, "cores", where, integer=True)),
@@ -114,6 +129,7 @@ def profile_from_dict(data: dict[str, Any], where: str) -> Profile:
         runtime_overhead_kb=(None if data.get("runtime_overhead_kb") is None
                              else _number(data, "runtime_overhead_kb", where)),
         gpu=str(data.get("gpu", "")), measured=bool(data.get("measured", False)),
+        cpu_flags=tuple(sorted(flags)),
         extra={k: v for k, v in data.items() if k not in known},
     )
 
