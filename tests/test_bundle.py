@@ -49,6 +49,12 @@ def test_keygen_writes_private_keys_0600_and_refuses_to_overwrite(keys):
         generate_keys(keys["private"].parent)
 
 
+def test_bundles_and_public_keys_are_readable_by_others(bundles, keys):
+    """A web server or another user serves bundles: 0644, like the public key; never 0600."""
+    for path in (bundles["plain"], bundles["encrypted"], keys["public"]):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o644, path
+
+
 def test_round_trip_and_manifest(bundles, keys, cnn_onnx):
     trusted = load_public_keys(keys["public"])
     plain = verify_bundle(bundles["plain"], trusted)

@@ -176,6 +176,9 @@ def test_repository_layout_and_publish_checks(tmp_path, bundles, keys):
     assert done.returncode == 2 and "--channel must be one of" in done.stderr
     versions = json.loads((repo / "repo.json").read_text())["versions"]
     assert versions == {"root": 1, "targets": 2, "snapshot": 2, "timestamp": 2}
+    served = [p for p in (repo / "public").rglob("*") if p.is_file()]
+    assert served and all(oct(p.stat().st_mode)[-3:] == "644" for p in served), "a web server must read them"
+    assert oct(root.stat().st_mode)[-3:] == "644"
 
 
 def test_update_commit_rollout_and_fleet_status(tmp_path, bundles, keys, make_repo):

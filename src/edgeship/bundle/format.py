@@ -160,7 +160,7 @@ def accepted_versions(state_dir: Path | str) -> dict[str, int]:
 
 def record_accepted(state_dir: Path | str, name: str, version: int) -> None:
     """Remember the highest version accepted for ``name`` (fsync, then atomic rename)."""
-    from edgeship._workspace import atomic_write_bytes
+    from edgeship.core.files import atomic_write_bytes
 
     state_dir = Path(state_dir)
     versions = accepted_versions(state_dir)

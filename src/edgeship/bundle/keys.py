@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from edgeship.core.files import atomic_write_bytes, write_private
 from edgeship.errors import EdgeshipError
 
 __all__ = ["generate_keys", "load_private_key", "load_public_keys", "load_content_key", "KeyError_"]
@@ -12,13 +13,6 @@ __all__ = ["generate_keys", "load_private_key", "load_public_keys", "load_conten
 
 class KeyError_(EdgeshipError):  # noqa: N801 - not the builtin KeyError
     """A key file is missing, unreadable, or not a key of the expected kind."""
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, 0o600)
 
 
 def generate_keys(out_dir: Path | str, content_key: bool = False) -> dict[str, Path]:
@@ -36,12 +30,12 @@ def generate_keys(out_dir: Path | str, content_key: bool = False) -> dict[str, P
     if existing:
         raise KeyError_(f"key file(s) {existing} already exist; choose another --out or move them away.")
     key = Ed25519PrivateKey.generate()
-    _write_private(paths["private"], key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    write_private(paths["private"], key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                        serialization.NoEncryption()))
-    paths["public"].write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                              serialization.PublicFormat.SubjectPublicKeyInfo))
+    atomic_write_bytes(paths["public"], key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
     if content_key:
-        _write_private(paths["content"], os.urandom(32))
+        write_private(paths["content"], os.urandom(32))
     return paths
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgeship.bundle.format import FORMAT, FORMAT_VERSION, NONCE_BYTES, aad
 from edgeship.bundle.keys import load_content_key, load_private_key
+from edgeship.core.files import atomic_writer
 from edgeship.errors import ConfigError, InvalidModelError
 
 __all__ = ["pack", "reference_input"]
@@ -154,16 +155,9 @@ def pack(
     }
     manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as archive:
-            archive.writestr("manifest.json", manifest_bytes)
-            archive.writestr("manifest.sig", key.sign(manifest_bytes))
-            for member, data in members.items():
-                archive.writestr(member, data)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(out) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr("manifest.json", manifest_bytes)
+        archive.writestr("manifest.sig", key.sign(manifest_bytes))
+        for member, data in members.items():
+            archive.writestr(member, data)
     return out

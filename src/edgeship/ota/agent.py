@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeship._workspace import atomic_write_bytes, fsync_dir
+from edgeship.core.files import atomic_write_bytes, fsync_dir
 from edgeship.bundle.format import BundleError, record_accepted, verify_bundle
 from edgeship.errors import ConfigError, EdgeshipError
 

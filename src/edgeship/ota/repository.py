@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeship._workspace import atomic_write_bytes
+from edgeship.core.files import atomic_write_bytes, write_private
 from edgeship.errors import ConfigError, EdgeshipError
 
 __all__ = ["RepoError", "RepoSettings", "init_repo", "publish", "set_rollout", "refresh_timestamp", "CHANNELS"]
@@ -155,9 +155,7 @@ def init_repo(directory: Path | str, settings: RepoSettings | None = None) -> Pa
     signers = {}
     for role in ROLES:
         signer = CryptoSigner(Ed25519PrivateKey.generate())
-        fd = os.open(keys_dir / f"{role}.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(signer.private_bytes)
+        write_private(keys_dir / f"{role}.key", signer.private_bytes)
         signers[role] = signer
     root = Root(expires=settings.expiry("root"), consistent_snapshot=True)
     for role in ROLES:

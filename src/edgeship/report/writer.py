@@ -142,6 +142,7 @@ def write_report(result: Any, out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
+        os.chmod(tmp, 0o755)  # a report is for others to read (mkdtemp makes 0700)
         (tmp / "candidates").mkdir()
         for c in result.candidates:
             if c.model is not None:
