@@ -71,6 +71,10 @@ class Model:
         torch_module: the PyTorch module this file was exported from, while the two agree
             (PyTorch passes keep it; ONNX passes drop it). Not serialized.
         teacher_module: the float PyTorch module at import, the teacher for distillation.
+        task: what the model does, for models that say (Hugging Face: ``text-classification``,
+            ``token-classification``, ``question-answering``, ``fill-mask``, ``feature-extraction``,
+            ``sentence-embedding``); None when unknown.
+        labels: class names by class id (a classifier's ``id2label``), or empty.
     """
 
     path: Path
@@ -79,6 +83,8 @@ class Model:
     tokenizer_dir: Path | None = None
     lineage: tuple[LineageStep, ...] = ()
     float_parent: Path | None = None
+    task: str | None = None
+    labels: tuple[str, ...] = ()
     torch_module: Any = field(default=None, repr=False, compare=False)
     export_inputs: Any = field(default=None, repr=False, compare=False)
     teacher_module: Any = field(default=None, repr=False, compare=False)

@@ -1,14 +1,22 @@
-"""Import a Hugging Face transformers encoder directory (and sentence-transformers pooling).
+"""Import a Hugging Face transformers directory with its task head (and sentence-transformers pooling).
 
-Weights load only through safetensors or ``torch.load(weights_only=True)``: never an
-arbitrary unpickle. A sentence-transformers directory (``modules.json`` with a Pooling
-module) exports pooling and normalization too, so the ONNX output is the sentence
-embedding, named ``sentence_embedding``.
+The task comes from ``config.architectures``: ``BertForSequenceClassification`` exports the
+classifier (output ``logits``, class names from ``id2label``), not the bare encoder. Supported
+heads are in :data:`TASKS`; any other architecture (a causal LM such as ``GPT2LMHeadModel``,
+a pre-training head) is refused by name. A sentence-transformers directory (``modules.json``
+with a Pooling module) exports pooling and normalization too, output ``sentence_embedding``.
+
+The model's inputs are the tokenizer's ``model_input_names`` that its forward() takes, so
+DistilBERT (no ``token_type_ids``) imports as it is. Weights load only through safetensors or
+``torch.load(weights_only=True)``: never an arbitrary unpickle.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +25,37 @@ from edgeship.errors import InvalidModelError
 from edgeship.importers.torch_module import check_parity, export_onnx
 from edgeship.model import Model
 
-__all__ = ["load_hf_dir", "DEFAULT_SEQ_LEN"]
+__all__ = ["load_hf_dir", "DEFAULT_SEQ_LEN", "TASKS", "HeadSpec"]
 
 DEFAULT_SEQ_LEN = 64
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class HeadSpec:
+    """How one kind of head is built and exported."""
+
+    task: str
+    auto_class: str  # the transformers Auto class that builds it from a config
+    outputs: tuple[str, ...]  # the ModelOutput fields exported, in order
+    per_token: bool  # outputs have a sequence axis
+    labelled: bool  # id2label names its classes
+
+
+#: architecture name suffix -> head. ``Model`` is the bare encoder (feature extraction).
+TASKS: dict[str, HeadSpec] = {
+    "ForSequenceClassification": HeadSpec("text-classification", "AutoModelForSequenceClassification",
+                                          ("logits",), False, True),
+    "ForTokenClassification": HeadSpec("token-classification", "AutoModelForTokenClassification",
+                                       ("logits",), True, True),
+    "ForQuestionAnswering": HeadSpec("question-answering", "AutoModelForQuestionAnswering",
+                                     ("start_logits", "end_logits"), True, False),
+    "ForMaskedLM": HeadSpec("fill-mask", "AutoModelForMaskedLM", ("logits",), True, False),
+    "Model": HeadSpec("feature-extraction", "AutoModel", ("last_hidden_state",), True, False),
+}
+_INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -41,7 +74,7 @@ def _load_state_dict(model_dir: Path) -> dict[str, Any]:
 
         try:  # weights_only: tensors and plain containers only, never arbitrary objects
             return torch.load(str(bin_file), map_location="cpu", weights_only=True)
-        except Exception as exc:
+        except Exception as exc:  # any unpickling failure means: not a plain tensor checkpoint
             raise InvalidModelError(
                 f"{str(bin_file)!r} is not a plain tensor checkpoint ({type(exc).__name__}); "
                 "convert it to model.safetensors."
@@ -55,7 +88,8 @@ def _pooling_config(model_dir: Path) -> dict[str, Any] | None:
     modules_file = model_dir / "modules.json"
     if not modules_file.is_file():
         return None
-    for module in _read_json(modules_file):
+    modules = _read_json(modules_file)
+    for module in modules:
         if module.get("type", "").endswith("Pooling"):
             pooling_dir = (model_dir / module.get("path", "")).resolve()
             if not pooling_dir.is_relative_to(model_dir.resolve()):
@@ -64,9 +98,26 @@ def _pooling_config(model_dir: Path) -> dict[str, Any] | None:
             modes = [k for k, v in config.items() if k.startswith("pooling_mode") and v]
             if modes not in (["pooling_mode_mean_tokens"], ["pooling_mode_cls_token"]):
                 raise InvalidModelError(f"pooling {modes} is not supported; use mean or cls pooling.")
-            normalize = any(m.get("type", "").endswith("Normalize") for m in _read_json(modules_file))
+            normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
             return {"mode": "mean" if modes[0].endswith("mean_tokens") else "cls", "normalize": normalize}
     return None
+
+
+def head_for(architectures: list[str] | None, model_dir: Path) -> tuple[str, HeadSpec]:
+    """(architecture, head) from ``config.architectures``; no architecture means the bare encoder."""
+    if not architectures:
+        return "(none given)", TASKS["Model"]
+    arch = architectures[0]
+    for suffix, spec in TASKS.items():
+        if suffix != "Model" and arch.endswith(suffix):
+            return arch, spec
+    if re.fullmatch(r"[A-Za-z0-9]+Model", arch) and "Head" not in arch:  # BertModel, not GPT2LMHeadModel
+        return arch, TASKS["Model"]
+    supported = ", ".join(f"*{s}" for s in TASKS)
+    raise InvalidModelError(
+        f"{str(model_dir)!r} is a {arch}, which edgeship does not import yet; supported heads: {supported}. "
+        "Causal language models are a separate path (see the LLM support)."
+    )
 
 
 class _LazyModules:
@@ -84,52 +135,87 @@ class _LazyModules:
 def _define_wrappers() -> dict[str, Any]:
     import torch
 
-    global SentenceEmbedding, LastHiddenState
+    global TaskModel
 
-    class SentenceEmbedding(torch.nn.Module):  # type: ignore[no-redef]
-        """Encoder + pooling (+ L2 normalization): the output is the sentence embedding."""
+    class TaskModel(torch.nn.Module):  # type: ignore[no-redef]
+        """A transformers model called with positional tensors (ONNX inputs) returning its head's outputs,
+        or, with ``pooling``, the pooled (and normalized) sentence embedding."""
 
-        def __init__(self, encoder: Any, mode: str, normalize: bool) -> None:
+        def __init__(self, model: Any, input_names: list[str], outputs: list[str],
+                     pooling: dict[str, Any] | None = None) -> None:
             super().__init__()
-            self.encoder, self.mode, self.normalize = encoder, mode, normalize
+            self.model, self.input_names, self.outputs, self.pooling = model, input_names, outputs, pooling
 
-        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
-            hidden = self.encoder(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
-            if self.mode == "cls":
+        def forward(self, *args):  # type: ignore[no-untyped-def]
+            kwargs = dict(zip(self.input_names, args))
+            out = self.model(**kwargs)
+            if self.pooling is None:
+                values = tuple(getattr(out, name) for name in self.outputs)
+                return values[0] if len(values) == 1 else values
+            hidden = out.last_hidden_state
+            if self.pooling["mode"] == "cls":
                 emb = hidden[:, 0]
             else:
-                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                mask = kwargs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            if self.normalize:
+            if self.pooling["normalize"]:
                 emb = torch.nn.functional.normalize(emb, p=2.0, dim=1)
             return emb
 
-    class LastHiddenState(torch.nn.Module):  # type: ignore[no-redef]
-        def __init__(self, encoder: Any) -> None:
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(self, input_ids, attention_mask, token_type_ids):  # type: ignore[no-untyped-def]
-            return self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                                token_type_ids=token_type_ids).last_hidden_state
-
-    SentenceEmbedding.__qualname__ = "SentenceEmbedding"
-    LastHiddenState.__qualname__ = "LastHiddenState"
-    return {"SentenceEmbedding": SentenceEmbedding, "LastHiddenState": LastHiddenState}
+    TaskModel.__qualname__ = "TaskModel"
+    return {"TaskModel": TaskModel}
 
 
 def __getattr__(name: str) -> Any:  # pickle looks the classes up here by name
-    if name in ("SentenceEmbedding", "LastHiddenState"):
+    if name == "TaskModel":
         return _LazyModules.get(name)
     raise AttributeError(name)
 
 
+def _build(config: Any, head: HeadSpec, model_dir: Path) -> Any:
+    """The head's model from ``config``, with the directory's weights (tied weights allowed to be absent)."""
+    import transformers
+
+    try:
+        model = getattr(transformers, head.auto_class).from_config(config).eval()
+    except ValueError as exc:  # the Auto class does not know this model type
+        raise InvalidModelError(f"cannot build a {head.task} model for {str(model_dir)!r}: "
+                                f"{str(exc).splitlines()[0]}") from None
+    state = _load_state_dict(model_dir)
+    own = set(model.state_dict())
+    prefix = f"{model.base_model_prefix}."
+    if not set(state) & own:  # the encoder's weights saved with, or without, the base model's prefix
+        for renamed in ({k.removeprefix(prefix): v for k, v in state.items()}, {prefix + k: v for k, v in state.items()}):
+            if set(renamed) & own:
+                state = renamed
+                break
+    missing, _ = model.load_state_dict(state, strict=False)
+    model.tie_weights()
+    params = dict(model.named_parameters(remove_duplicate=False))
+    loaded = {params[k].data_ptr() for k in state if k in params}
+    missing = [k for k in missing if not k.endswith("position_ids")
+               and not (k in params and params[k].data_ptr() in loaded)]  # tied to a loaded weight
+    if missing:
+        raise InvalidModelError(
+            f"weights in {str(model_dir)!r} do not match the config: {len(missing)} missing, e.g. {missing[0]!r}."
+        )
+    return model
+
+
+def _input_names(tokenizer: Any, model: Any) -> list[str]:
+    """The tokenizer's model_input_names that the model's forward() takes, in a stable order."""
+    takes = set(inspect.signature(model.forward).parameters)
+    names = [n for n in tokenizer.model_input_names if n in takes]
+    if "input_ids" not in names:
+        raise InvalidModelError(f"the tokenizer's inputs {tokenizer.model_input_names} do not fit the model, "
+                                f"which takes {sorted(takes)}.")
+    return sorted(names, key=lambda n: _INPUT_ORDER.index(n) if n in _INPUT_ORDER else len(_INPUT_ORDER))
+
+
 def load_hf_dir(model_dir: Path | str, seq_len: int = DEFAULT_SEQ_LEN) -> Model:
-    """Export a transformers encoder directory to ONNX (batch and sequence axes dynamic)."""
+    """Export a transformers directory with its task head to ONNX (batch and sequence axes dynamic)."""
     import torch
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
@@ -138,32 +224,32 @@ def load_hf_dir(model_dir: Path | str, seq_len: int = DEFAULT_SEQ_LEN) -> Model:
         )
     try:
         config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
-    except Exception as exc:
+    except (OSError, ValueError, KeyError) as exc:
         raise InvalidModelError(f"cannot read the config in {str(model_dir)!r}: {exc}") from None
+    pooling = _pooling_config(model_dir)
+    arch, head = head_for(getattr(config, "architectures", None), model_dir)
+    if pooling is not None:
+        head = TASKS["Model"]
     # Eager attention exports the MatMul/Softmax pattern that ORT's BERT fusions recognize.
     config._attn_implementation = "eager"
-    encoder = AutoModel.from_config(config).eval()
-    state = _load_state_dict(model_dir)
-    prefix = f"{encoder.base_model_prefix}."
-    state = {k.removeprefix(prefix): v for k, v in state.items()}
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing:
-        raise InvalidModelError(
-            f"weights in {str(model_dir)!r} do not match the config: {len(missing)} missing, e.g. {missing[0]!r}."
-        )
+    network = _build(config, head, model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    names = _input_names(tokenizer, network)
     example = tokenizer(["edgeship"], padding="max_length", max_length=seq_len, return_tensors="pt")
-    names = ["input_ids", "attention_mask", "token_type_ids"]
     args = tuple(example[n].to(torch.int64) for n in names)
-    pooling = _pooling_config(model_dir)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    wrapper = _LazyModules.get("TaskModel")
     if pooling is not None:
-        wrapper = _LazyModules.get("SentenceEmbedding")
-        module, outputs = wrapper(encoder, pooling["mode"], pooling["normalize"]).eval(), ["sentence_embedding"]
-        axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"sentence_embedding": {0: "batch"}}
+        module, outputs, task = wrapper(network, names, ["last_hidden_state"], pooling).eval(), \
+            ["sentence_embedding"], "sentence-embedding"
+        axes["sentence_embedding"] = {0: "batch"}
     else:
-        module, outputs = _LazyModules.get("LastHiddenState")(encoder).eval(), ["last_hidden_state"]
-        axes = {n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]}
+        module, outputs, task = wrapper(network, names, list(head.outputs)).eval(), list(head.outputs), head.task
+        axes |= {o: ({0: "batch", 1: "sequence"} if head.per_token else {0: "batch"}) for o in outputs}
+    labels: tuple[str, ...] = ()
+    if head.labelled and pooling is None:
+        id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+        labels = tuple(id2label.get(i, str(i)) for i in range(int(getattr(config, "num_labels", len(id2label)))))
     path = scratch_dir("hf") / "model.onnx"
     export_onnx(module, args, path, names, outputs, axes)
     check_parity(module, args, path, names)
@@ -175,4 +261,6 @@ def load_hf_dir(model_dir: Path | str, seq_len: int = DEFAULT_SEQ_LEN) -> Model:
         torch_module=module,
         export_inputs=args,
         teacher_module=module,
+        task=task,
+        labels=labels,
     )
