@@ -1,7 +1,8 @@
 """Static facts about an ONNX graph: op histogram, params and MACs per sample.
 
 MACs are counted at batch 1 from inferred shapes. Dynamic dims other than the batch take
-the sizes given in ``shapes`` (e.g. the sequence length of the data), else 1.
+the sizes given in ``shapes`` (the data's, or ``--shape``); a dim left unsized, or an op whose
+cost cannot be counted, makes the count unknown (None), never 0.
 Quantized graphs are understood: QDQ weights (DequantizeLinear on an initializer),
 ConvInteger/QLinearConv, MatMulInteger/QLinearMatMul/DynamicQuantizeMatMul and
 MatMulNBits count the same MACs as the float op they replace.
@@ -47,8 +48,23 @@ def opsets(proto: Any) -> dict[str, int]:
     return {(o.domain or "ai.onnx"): o.version for o in proto.opset_import}
 
 
+def unset_dims(proto: Any, shapes: dict[str, tuple[int, ...]] | None) -> list[str]:
+    """Dynamic input dims other than the batch axis that ``shapes`` does not size, as ``name[axis]``."""
+    initializers = {i.name for i in proto.graph.initializer}
+    unset = []
+    for inp in proto.graph.input:
+        if inp.name in initializers:
+            continue
+        given = (shapes or {}).get(inp.name)
+        for axis, dim in enumerate(inp.type.tensor_type.shape.dim):
+            if axis and not (dim.HasField("dim_value") and dim.dim_value > 0) and (given is None or axis >= len(given)):
+                unset.append(f"{inp.name}[{axis}]")
+    return unset
+
+
 def _fix_input_dims(proto: Any, shapes: dict[str, tuple[int, ...]] | None) -> Any:
-    """Copy of ``proto`` with every input dim concrete: batch 1, others from ``shapes`` or 1."""
+    """Copy of ``proto`` with every input dim concrete: from ``shapes`` where given, else 1 (the batch
+    axis per sample; :func:`unset_dims` names the other axes that fell back to 1)."""
     import onnx
 
     fixed = onnx.ModelProto()
@@ -61,7 +77,7 @@ def _fix_input_dims(proto: Any, shapes: dict[str, tuple[int, ...]] | None) -> An
         for axis, dim in enumerate(inp.type.tensor_type.shape.dim):
             if dim.HasField("dim_value") and dim.dim_value > 0:
                 continue
-            value = 1 if axis == 0 or given is None or axis >= len(given) else int(given[axis])
+            value = int(given[axis]) if given is not None and axis < len(given) else 1
             dim.Clear()
             dim.dim_value = value
     return fixed
@@ -177,36 +193,86 @@ def _weight_shape(name: str, shapes: dict[str, tuple[int, ...]], producers: dict
     return None
 
 
-def node_macs(node: Any, shapes: dict[str, tuple[int, ...]], producers: dict[str, Any]) -> int:
+#: ops whose cost edgeship cannot count (control flow with subgraphs, ops not modelled): unknown, never 0
+_UNCOUNTED = {"Loop", "Scan", "If", "Einsum", "TreeEnsemble", "SVMRegressor"}
+_RNNS = {"LSTM": 4, "GRU": 3, "RNN": 1}  # gates per cell
+_TREES = {"TreeEnsembleClassifier", "TreeEnsembleRegressor"}
+
+
+def _tree_depth_sum(attrs: dict[str, Any]) -> int:
+    """Sum over trees of the deepest root-to-leaf path: the comparisons one sample can take."""
+    ids = zip(attrs["nodes_treeids"].ints, attrs["nodes_nodeids"].ints, attrs["nodes_truenodeids"].ints,
+              attrs["nodes_falsenodeids"].ints, attrs["nodes_modes"].strings)
+    children: dict[tuple[int, int], tuple[int, int]] = {}
+    roots: dict[int, int] = {}
+    for tree, node, true_id, false_id, mode in ids:
+        roots.setdefault(tree, node)
+        if mode != b"LEAF":
+            children[(tree, node)] = (true_id, false_id)
+    total = 0
+    for tree, root in roots.items():
+        depth, frontier = 0, [root]
+        while frontier and depth <= len(children):  # bounded: a malformed cycle cannot loop for ever
+            frontier = [c for n in frontier if (tree, n) in children for c in children[(tree, n)]]
+            depth += bool(frontier)
+        total += depth
+    return total
+
+
+def node_macs(node: Any, shapes: dict[str, tuple[int, ...]], producers: dict[str, Any]) -> int | None:
+    """Multiply-accumulates of one node at the given shapes; None when it costs something that
+    cannot be counted here (shapes unknown, control flow, an op not modelled). Elementwise ops are 0.
+
+    Recurrent cells count their gate GEMMs per time step; tree ensembles count one comparison per
+    level of each tree's deepest path; linear and SVM classifiers their coefficients."""
     op = node.op_type
     out_shape = shapes.get(node.output[0]) if node.output else None
     attrs = {a.name: a for a in node.attribute}
+    if op in _UNCOUNTED:
+        return None
     if op in _CONVS:
         w_index = 3 if op == "QLinearConv" else 1
         w = _weight_shape(node.input[w_index], shapes, producers)
         if w is None or out_shape is None:
-            return 0
+            return None
         # weight [Cout, Cin/group, *k]: every output element costs Cin/group * prod(k) MACs.
         per_output = int(np.prod(w[1:]))
         return int(np.prod(out_shape)) * per_output
     if op in _MATMULS or op == "Gemm":
-        a_index = 0
-        a = shapes.get(node.input[a_index])
+        a = shapes.get(node.input[0])
         if a is None or out_shape is None:
-            return 0
+            return None
         k = a[-1] if not (op == "Gemm" and attrs.get("transA") and attrs["transA"].i) else a[0]
         return int(np.prod(out_shape)) * int(k)
     if op == "MatMulNBits":
-        k = attrs["K"].i
-        return int(np.prod(out_shape)) * int(k) if out_shape else 0
+        return int(np.prod(out_shape)) * int(attrs["K"].i) if out_shape else None
     if op in ("Attention", "QAttention"):  # com.microsoft fused attention: QKV projection + scores + context
         x = shapes.get(node.input[0])
         w = _weight_shape(node.input[1], shapes, producers)
         if x is None or w is None:
-            return 0
+            return None
         batch, seq, hidden = x
         proj = batch * seq * w[0] * w[1]
         return int(proj + 2 * batch * seq * seq * hidden)
+    if op in _RNNS:
+        x = shapes.get(node.input[0])
+        w = _weight_shape(node.input[1], shapes, producers)
+        r = _weight_shape(node.input[2], shapes, producers)
+        if x is None or w is None or r is None:
+            return None
+        steps, batch = (x[1], x[0]) if attrs.get("layout") and attrs["layout"].i else (x[0], x[1])
+        directions, gate_rows, inputs = w
+        return int(steps * batch * directions * gate_rows * (inputs + r[2]))
+    if op in _TREES:
+        x = shapes.get(node.input[0])
+        return None if x is None else int(x[0]) * _tree_depth_sum(attrs)
+    if op in ("LinearClassifier", "LinearRegressor", "SVMClassifier"):
+        x = shapes.get(node.input[0])
+        if x is None:
+            return None
+        coefficients = len(attrs["coefficients"].floats) if "coefficients" in attrs else 0
+        vectors = len(attrs["support_vectors"].floats) if "support_vectors" in attrs else 0
+        return int(x[0]) * (coefficients + vectors)
     return 0
 
 
@@ -232,21 +298,36 @@ def _param_count(proto: Any) -> int:
     return total
 
 
-def graph_stats(path: Path | str, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, int]:
-    """``{"params": ..., "macs": ...}`` of the model at ``path``, per sample at batch 1."""
+def graph_stats(path: Path | str, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
+    """Params and MACs of the model at ``path``, per sample at batch 1, at ``shapes``.
+
+    Returns ``{"params", "macs", "macs_unknown"}``: ``macs`` is None when any part cannot be
+    counted (a dynamic dim that ``shapes`` does not size, an op whose cost is unknown), and
+    ``macs_unknown`` says why; a count is never a silent 0.
+    """
     key = tuple(sorted((k, tuple(int(d) for d in v)) for k, v in (shapes or {}).items()))
-    return dict(_graph_stats_cached(str(Path(path).resolve()), key))
+    stats = _graph_stats_cached(str(Path(path).resolve()), key)
+    return {**stats, "macs_unknown": list(stats["macs_unknown"])}
 
 
 @lru_cache(maxsize=64)
-def _graph_stats_cached(path: str, shape_key: tuple[tuple[str, tuple[int, ...]], ...]) -> dict[str, int]:
+def _graph_stats_cached(path: str, shape_key: tuple[tuple[str, tuple[int, ...]], ...]) -> dict[str, Any]:
     shapes = dict(shape_key)
     proto = _load(path)
+    unknown = [f"dynamic dim {d} has no size (give --shape, or data)" for d in unset_dims(proto, shapes)]
     fixed = _fix_input_dims(proto, shapes)
     value_shapes = _infer_shapes(fixed)
     producers = {o: n for n in fixed.graph.node for o in n.output}
-    macs = sum(node_macs(n, value_shapes, producers) for n in fixed.graph.node)
-    return {"params": _param_count(proto), "macs": int(macs)}
+    total = 0
+    uncounted: Counter[str] = Counter()
+    for node in fixed.graph.node:
+        macs = node_macs(node, value_shapes, producers)
+        if macs is None:
+            uncounted[node.op_type] += 1
+        else:
+            total += macs
+    unknown += [f"{count} {op} node(s) whose cost cannot be counted" for op, count in uncounted.items()]
+    return {"params": _param_count(proto), "macs": None if unknown else int(total), "macs_unknown": tuple(unknown)}
 
 
 def weight_sparsity(path: Path | str) -> float:

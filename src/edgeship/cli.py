@@ -200,7 +200,7 @@ def _parse_shapes(shape: list[str]) -> dict[str, tuple[int, ...]]:
 def inspect(
     model: str = typer.Argument(..., help="An .onnx file, a Hugging Face directory, or MODULE:FUNCTION."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-    shape: list[str] = typer.Option([], "--shape", help="Sizes for dynamic dims, e.g. input_ids=1x64 (default 1)."),
+    shape: list[str] = typer.Option([], "--shape", help="Sizes for dynamic dims, e.g. input_ids=1x64; without it, MACs of a model with dynamic dims are unknown."),
     target: Optional[str] = typer.Option(None, "--target", help="A device profile id (see `edgeship targets`) or a .toml file: adds a fit report."),
     threads: int = typer.Option(2, "--threads", help="Threads for the estimate and the host measurement."),
     request_rate: float = typer.Option(1.0, "--request-rate", help="Requests per second, for the idle share of energy."),
@@ -231,7 +231,10 @@ def inspect(
     summary = Table(show_header=False)
     summary.add_row("opset", ", ".join(f"{k} {v}" for k, v in info["opset"].items()))
     summary.add_row("params", f"{info['params']:,}")
-    summary.add_row("MACs (batch 1)", f"{info['macs']:,}")
+    macs = f"{info['macs']:,}" if info["macs"] is not None else "unknown: " + "; ".join(info["macs_unknown"])
+    summary.add_row("MACs", macs)
+    summary.add_row("shapes from", info["shapes"]["from"] + "".join(
+        f", {k}={'x'.join(map(str, v))}" for k, v in info["shapes"]["inputs"].items()))
     summary.add_row("size", fmt_bytes(info["size_bytes"]))
     summary.add_row("ops", ", ".join(f"{k} {v}" for k, v in info["ops"].items()))
     console.print(summary)

@@ -18,7 +18,8 @@ def inspect_model(model: Any, shapes: dict[str, tuple[int, ...]] | None = None) 
 
     model = load(model) if not isinstance(model, Model) else model
     proto = onnx.load(str(model.path), load_external_data=False)
-    stats = model.stats(shapes or {})
+    shapes = shapes or {}
+    stats = model.stats(shapes)
     return {
         "source": model.source,
         "path": str(model.path),
@@ -27,7 +28,10 @@ def inspect_model(model: Any, shapes: dict[str, tuple[int, ...]] | None = None) 
         "opset": opsets(proto),
         "ops": op_histogram(proto),
         "params": stats["params"],
-        "macs": stats["macs"],
+        "macs": stats["macs"],  # None: unknown, and macs_unknown says why
+        "macs_unknown": stats["macs_unknown"],
+        "shapes": {"from": "--shape" if shapes else "the model's static dims (batch 1)",
+                   "inputs": {k: list(v) for k, v in shapes.items()}},
         "size_bytes": model.size_bytes,
         "sha256": model.sha256,
     }

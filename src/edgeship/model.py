@@ -151,8 +151,9 @@ class Model:
         return replace(self, path=Path(path), lineage=(*self.lineage, step), float_parent=None,
                        torch_module=module)
 
-    def stats(self, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, int]:
-        """Params and MACs per sample (batch 1) at ``shapes`` (dynamic dims default to 1).
+    def stats(self, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
+        """Params and MACs per sample (batch 1) at ``shapes``; MACs are None (unknown) when a dynamic
+        dim has no size in ``shapes`` or an op cannot be counted, and ``macs_unknown`` says why.
 
         A quantized model has its float parent's architecture, so it is counted there: the
         same MACs, done in int8.

@@ -152,6 +152,8 @@ class OptimizeResult:
     target: Any = None
     closest: Candidate | None = None
     closest_reason: str = ""
+    #: the input shapes that sized dynamic dims for MACs and estimates
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
 
     def report(self, out_dir: Path | str) -> Path:
         """Write report.json, report.html, pareto.png, best.onnx and candidates/ into ``out_dir``."""
@@ -171,6 +173,7 @@ class OptimizeResult:
                        "output": self.metric.output or ("every float output" if self.metric.every_output else None)},
             "budget": self.budget.__dict__,
             "settings": self.settings.__dict__,
+            "shapes": {"from": "the evaluation data (one sample)", "inputs": self.input_shapes},
             "objective": self.objective,
             "baseline": {"metrics": self.baseline.metrics},
             "candidates": [c.to_dict() for c in self.candidates],
@@ -218,8 +221,11 @@ def evaluate_model(
     metrics["sparsity"] = weight_sparsity(model.path)
     if settings.measure_memory:
         metrics["peak_memory_bytes"] = measure_peak_memory(model.path, feeds, settings.threads)
-    shapes = {k: v.shape for k, v in feeds.items()}
-    metrics.update(model.stats(shapes))
+    shapes = {k: v.shape for k, v in feeds.items()}  # dynamic dims sized by the evaluation data
+    stats = model.stats(shapes)
+    metrics.update(params=stats["params"], macs=stats["macs"])
+    if stats["macs_unknown"]:
+        metrics["macs_unknown"] = "; ".join(stats["macs_unknown"])
     return metrics, outputs
 
 
@@ -341,7 +347,8 @@ class OptimizationPlan:
             c.pareto = flag
         best = choose(candidates, metric, self.objective)
         result = OptimizeResult(baseline, candidates, best, metric, self.budget, settings, self.objective,
-                                self.model.source, self.target)
+                                self.model.source, self.target,
+                                input_shapes={k: list(v.shape) for k, v in feeds.items()})
         explain(result)
         return result
 

@@ -42,7 +42,7 @@ def table_rows(result: Any) -> list[dict[str, str]]:
                 "size": fmt_bytes(m["size_bytes"]) if measured else "-",
                 "smaller": f"{m['size_ratio']:.2f}x" if measured else "-",
                 "zipped": fmt_bytes(m["compressed_size_bytes"]) if "compressed_size_bytes" in m else "-",
-                "MACs": f"{m['macs'] / 1e6:.1f}M" if "macs" in m else "-",
+                "MACs": "-" if "macs" not in m else ("unknown" if m["macs"] is None else f"{m['macs'] / 1e6:.1f}M"),
                 "peak mem": fmt_bytes(m["peak_memory_bytes"]) if "peak_memory_bytes" in m else "-",
                 "pareto": "yes" if c.pareto else "",
                 "reason": "; ".join([c.reason, *getattr(c, "notes", [])]).strip("; "),

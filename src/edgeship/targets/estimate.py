@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeship.errors import ConfigError
 from edgeship.model import Model
 from edgeship.targets.profiles import DvfsState, Profile
 
@@ -47,7 +48,7 @@ PARALLEL_EFFICIENCY = 0.5
 @dataclass(frozen=True)
 class NodeCost:
     op: str
-    macs: int
+    macs: int | None  # None: a cost that cannot be counted (see edgeship._graph.node_macs)
     int8: bool
     bytes_moved: int
 
@@ -63,8 +64,13 @@ class GraphCost:
     io_bytes: int
 
     @property
-    def macs(self) -> int:
-        return sum(n.macs for n in self.nodes)
+    def uncounted(self) -> list[str]:
+        """Ops whose compute the estimate leaves out, because it cannot be counted."""
+        return sorted({n.op for n in self.nodes if n.macs is None})
+
+    @property
+    def macs(self) -> int | None:
+        return None if self.uncounted else sum(n.macs or 0 for n in self.nodes)
 
 
 def _nbytes(shape: tuple[int, ...] | None, elem_type: int | None) -> int:
@@ -76,9 +82,13 @@ def _nbytes(shape: tuple[int, ...] | None, elem_type: int | None) -> int:
 def graph_cost(path: Path | str, shapes: dict[str, tuple[int, ...]] | None = None) -> GraphCost:
     import onnx
 
-    from edgeship._graph import _fix_input_dims, infer_shapes_and_types, node_macs
+    from edgeship._graph import _fix_input_dims, infer_shapes_and_types, node_macs, unset_dims
 
     proto = onnx.load(str(path))
+    unset = unset_dims(proto, shapes)
+    if unset:
+        raise ConfigError(f"the model's dynamic dim(s) {', '.join(unset)} need a size for an estimate: give "
+                          "--shape NAME=D1xD2x... (e.g. input_ids=1x64) or evaluation data.")
     fixed = _fix_input_dims(proto, shapes)
     value_shapes, types = infer_shapes_and_types(fixed)
     graph = fixed.graph
@@ -192,7 +202,7 @@ def _latency_s(cost: GraphCost, profile: Profile, state: DvfsState, threads: int
         per_cycle = (profile.int8_macs_per_cycle * eff[1]) if n.int8 else (profile.fp32_macs_per_cycle * eff[0])
         if n.op in slow:
             per_cycle = profile.fp32_macs_per_cycle * eff[0] * slow[n.op]
-        compute = n.macs / (per_cycle * hz * cores) if n.macs else 0.0
+        compute = n.macs / (per_cycle * hz * cores) if n.macs else 0.0  # uncounted ops: memory traffic only
         total += max(compute, n.bytes_moved / bandwidth) + max(dispatch, op_overhead.get(n.op, 0.0)) / hz
     return total
 
@@ -267,5 +277,6 @@ def estimate(
                                    "prepacked_weights": 0 if profile.microcontroller else cost.prepacked_bytes,
                                    "activations": cost.activation_peak_bytes},
         "macs": cost.macs,
+        "uncounted_ops": cost.uncounted,  # their compute is missing from the latency and energy figures
         "efficiency": {"fp32": eff32, "int8": eff8, "why": eff_note},
     }
