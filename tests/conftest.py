@@ -163,3 +163,37 @@ def private_cache(tmp_path_factory):
         os.environ.pop("EDGESHIP_CACHE_DIR", None)
     else:
         os.environ["EDGESHIP_CACHE_DIR"] = old
+
+
+SENTIMENT = {0: "negative", 1: "neutral", 2: "positive"}
+
+
+def make_tiny_hf(kind: str, root: Path) -> Path:
+    """A 2-layer transformers model of class ``kind`` (BERT or DistilBERT), random weights, saved with a
+    fast tokenizer on MiniLM's vocabulary; classifiers get three named labels."""
+    import torch
+    import transformers
+
+    from edgeship.demo import minilm_dir
+
+    torch.manual_seed(0)
+    vocab = str(minilm_dir() / "vocab.txt")
+    labels = {"id2label": SENTIMENT} if "Classification" in kind else {}
+    if kind.startswith("DistilBert"):
+        config = transformers.DistilBertConfig(vocab_size=30522, dim=64, n_layers=2, n_heads=4, hidden_dim=128,
+                                               max_position_embeddings=128, **labels)
+        tokenizer = transformers.DistilBertTokenizerFast(vocab_file=vocab)
+    else:
+        config = transformers.BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=128, max_position_embeddings=128, **labels)
+        tokenizer = transformers.BertTokenizerFast(vocab_file=vocab)
+    model = getattr(transformers, kind)(config).eval()
+    out = root / kind
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory) -> Path:
+    return make_tiny_hf("BertForSequenceClassification", tmp_path_factory.mktemp("tiny-classifier"))

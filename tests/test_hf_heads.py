@@ -2,42 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import edgeship
-from conftest import cosine
-
-LABELS = {0: "negative", 1: "neutral", 2: "positive"}
-
-
-def _tiny(kind: str, root: Path) -> Path:
-    """A 2-layer model of ``kind`` with random weights, saved with a tokenizer built on MiniLM's vocab."""
-    import torch
-    import transformers
-
-    from edgeship.demo import minilm_dir
-
-    torch.manual_seed(0)
-    vocab = str(minilm_dir() / "vocab.txt")
-    labels = {"id2label": LABELS} if "Classification" in kind else {}
-    if kind.startswith("DistilBert"):
-        config = transformers.DistilBertConfig(vocab_size=30522, dim=64, n_layers=2, n_heads=4, hidden_dim=128,
-                                               max_position_embeddings=128, **labels)
-        tokenizer = transformers.DistilBertTokenizerFast(vocab_file=vocab)
-    else:
-        config = transformers.BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                         intermediate_size=128, max_position_embeddings=128, **labels)
-        tokenizer = transformers.BertTokenizerFast(vocab_file=vocab)
-    model = getattr(transformers, kind)(config).eval()
-    out = root / kind
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return out
-
+from conftest import cosine, make_tiny_hf
 
 @pytest.fixture(scope="module")
 def hf_root(tmp_path_factory) -> Path:
@@ -68,7 +39,7 @@ def _feeds(model_dir: Path, names: list[str]) -> dict[str, np.ndarray]:
     ("DistilBertForSequenceClassification", ["input_ids", "attention_mask"]),
 ])
 def test_sequence_classifiers_import_with_their_head_and_labels(kind, inputs, hf_root):
-    model_dir = _tiny(kind, hf_root)
+    model_dir = make_tiny_hf(kind, hf_root)
     model = edgeship.load(model_dir)
     assert [s.name for s in model.inputs] == inputs
     assert [s.name for s in model.outputs] == ["logits"]
@@ -87,7 +58,7 @@ def test_sequence_classifiers_import_with_their_head_and_labels(kind, inputs, hf
     ("BertModel", "feature-extraction", ["last_hidden_state"]),
 ])
 def test_other_heads_import_and_match_torch(kind, task, outputs, hf_root):
-    model_dir = _tiny(kind, hf_root)
+    model_dir = make_tiny_hf(kind, hf_root)
     model = edgeship.load(model_dir)
     assert model.task == task and [s.name for s in model.outputs] == outputs
     feeds = _feeds(model_dir, [s.name for s in model.inputs])

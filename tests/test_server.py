@@ -26,10 +26,15 @@ from edgeship.bundle import generate_keys  # noqa: E402
 from edgeship.bundle.pack import pack  # noqa: E402
 
 
+EDGESHIP = [sys.executable, "-m", "edgeship.cli"]
+#: the CLI as on a device-only install: torch, transformers, onnx, ... cannot be imported
+DEVICE_EDGESHIP = [sys.executable, str(Path(__file__).with_name("device_only.py"))]
+
+
 @contextlib.contextmanager
-def running_server(bundles: list[Path], keys: dict[str, Path], *extra: str):
+def running_server(bundles: list[Path], keys: dict[str, Path], *extra: str, cli: list[str] = EDGESHIP):
     """Start `edgeship serve ... --port 0`, wait for its address, stop it at the end."""
-    cmd = [sys.executable, "-m", "edgeship.cli", "serve", *map(str, bundles), "--trust", str(keys["public"]),
+    cmd = [*cli, "serve", *map(str, bundles), "--trust", str(keys["public"]),
            "--decrypt-key", str(keys["content"]), "--port", "0", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []

@@ -102,7 +102,8 @@ def runtime_shapes(proto: Any) -> tuple[dict[str, tuple[int, ...]], dict[str, in
     import tempfile
 
     import onnx
-    import onnxruntime as ort
+
+    from edgeship.core.session import Optimization, open_session
 
     named = onnx.ModelProto()
     named.CopyFrom(proto)
@@ -117,12 +118,8 @@ def runtime_shapes(proto: Any) -> tuple[dict[str, tuple[int, ...]], dict[str, in
         dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
         feeds[inp.name] = np.ones(dims, dtype=dtype)
     with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.enable_profiling = True
-        so.profile_file_prefix = os.path.join(tmp, "shapes")
-        so.log_severity_level = 3
-        session = ort.InferenceSession(named.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        session = open_session(named.SerializeToString(), threads=1, optimization=Optimization.NONE,
+                               profile_prefix=os.path.join(tmp, "shapes"))
         session.run(None, feeds)
         events = json.load(open(session.end_profiling()))
     outputs = {n.name: list(n.output) for n in named.graph.node}

@@ -23,16 +23,12 @@ def _status_kib(field: str) -> int:
 
 
 def probe(model_path: str, feeds_path: str, threads: int) -> dict[str, int]:
-    import onnxruntime as ort
+    from edgeship.core.session import open_session
 
     with np.load(feeds_path, allow_pickle=False) as archive:
         feeds = {k: archive[k] for k in archive.files}
     before = _status_kib("VmRSS") * 1024
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    session = ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
+    session = open_session(model_path, threads)
     for _ in range(3):
         session.run(None, feeds)
     peak = _status_kib("VmHWM") * 1024

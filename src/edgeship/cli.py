@@ -341,6 +341,8 @@ def pack(
     labels: Optional[Path] = typer.Option(None, "--labels", help="A text file with one class label per line."),
     preoptimize: bool = typer.Option(True, "--preoptimize/--no-preoptimize",
                                      help="Apply ONNX Runtime's portable graph optimizations now, so devices load faster."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="A Hugging Face directory or tokenizer.json: the device then takes text (default for an optimize folder of a Hugging Face model: its own)."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Tokens per text on the device (default: the evaluation's, else 128)."),
 ) -> None:
     """Pack a model into one signed (optionally encrypted) bundle with a manifest."""
     from edgeship.bundle.pack import pack as pack_bundle
@@ -352,7 +354,8 @@ def pack(
                 label_list = [l.strip() for l in labels.read_text().splitlines() if l.strip()]
             except OSError as exc:
                 raise EdgeshipError(f"cannot read --labels {str(labels)!r}: {exc.strerror}.") from None
-        return pack_bundle(model, name, version, sign_key, out, encrypt_key, target, label_list, preoptimize)
+        return pack_bundle(model, name, version, sign_key, out, encrypt_key, target, label_list, preoptimize,
+                           tokenizer, max_length)
 
     path = _guard(work)
     console.print(f"packed {name} v{version} -> {path} ({path.stat().st_size:,} bytes)", highlight=False)
@@ -383,37 +386,50 @@ def verify(
 @app.command()
 def run(
     bundle: Path = typer.Argument(..., help="A .edgeship file."),
-    input: Path = typer.Option(..., "--input", help="An .npz with one array per model input."),
     trust: list[Path] = typer.Option(..., "--trust", help="Trusted public key(s)."),
+    input: Optional[Path] = typer.Option(None, "--input", help="An .npz with one array per model input."),
+    text: list[str] = typer.Option([], "--text", help="A text to run (repeat for several); for bundles packed with a tokenizer."),
+    top: int = typer.Option(1, "--top", help="With --text on a classifier: how many labels to show per text."),
     decrypt_key: Optional[Path] = typer.Option(None, "--decrypt-key", help="content.key, for encrypted bundles."),
     output: Optional[Path] = typer.Option(None, "--output", help="Write the outputs to this .npz."),
     threads: int = typer.Option(2, "--threads", help="Intra-op threads."),
 ) -> None:
-    """Verify a bundle, self-test it, and run one prediction."""
+    """Verify a bundle, self-test it, and run one prediction (on an .npz, or on texts)."""
     import numpy as np
 
     from edgeship.runtime import Runtime
 
     def work() -> Any:
-        from edgeship.errors import DataMismatchError
+        from edgeship.errors import ConfigError, DataMismatchError
 
-        try:
-            with np.load(input, allow_pickle=False) as archive:
-                inputs = {k: archive[k] for k in archive.files}
-        except (OSError, ValueError) as exc:
-            raise DataMismatchError(f"cannot read --input {str(input)!r} as an .npz without pickles: {exc}.") from None
+        if (input is None) == (not text):
+            raise ConfigError("give exactly one of --input x.npz or --text \"...\".")
+        if input is not None:
+            try:
+                with np.load(input, allow_pickle=False) as archive:
+                    inputs = {k: archive[k] for k in archive.files}
+            except (OSError, ValueError) as exc:
+                raise DataMismatchError(f"cannot read --input {str(input)!r} as an .npz without pickles: {exc}.") from None
         runtime = Runtime.open(bundle, [str(t) for t in trust], decrypt_key, threads)
-        outputs = runtime.predict(inputs)
+        outputs = runtime.predict(inputs if input is not None else {"text": list(text)})
         if output is not None:
-            from edgeship.core.files import atomic_write_bytes
             import io
+
+            from edgeship.core.files import atomic_write_bytes
 
             buffer = io.BytesIO()
             np.savez(buffer, **outputs)
             atomic_write_bytes(output, buffer.getvalue())
-        return outputs
+        labelled = bool(text) and runtime.labels and runtime.manifest.get("task") == "text-classification"
+        first = runtime.manifest["outputs"][0]["name"]
+        return outputs, runtime.rank(outputs[first], top) if labelled else None
 
-    outputs = _guard(work)
+    outputs, classes = _guard(work)
+    if classes is not None:
+        for sentence, ranked in zip(text, classes):
+            console.print(f"{sentence!r}: " + ", ".join(f"{label} ({score:.3g})" for label, score in ranked),
+                          highlight=False, markup=False)
+        return
     for name, value in outputs.items():
         console.print(f"{name}: shape {list(value.shape)}, dtype {value.dtype}, "
                       f"first values {np.round(value.reshape(-1)[:5], 4).tolist()}", highlight=False)

@@ -92,12 +92,9 @@ class Model:
     # ---- facts about the file -------------------------------------------------------
     @cached_property
     def _session_meta(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
-        import onnxruntime as ort
+        from edgeship.core.session import Optimization, open_session
 
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        sess = open_session(self.path, threads=1, optimization=Optimization.NONE)
 
         def specs(args: list[Any]) -> list[TensorSpec]:
             return [
@@ -163,15 +160,10 @@ class Model:
         return graph_stats(self.float_parent or self.path, shapes)
 
     def session(self, threads: int = 2) -> Any:
-        """A fresh ONNX Runtime CPU session with a fixed intra-op thread count."""
-        import onnxruntime as ort
+        """A fresh ONNX Runtime CPU session with a fixed intra-op thread count (edgeship.core.session)."""
+        from edgeship.core.session import open_session
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.log_severity_level = 3
-        return ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        return open_session(self.path, threads)
 
     def run(self, feeds: dict[str, np.ndarray], threads: int = 2) -> list[np.ndarray]:
         return self.session(threads).run(None, feeds)

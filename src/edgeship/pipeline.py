@@ -10,6 +10,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from edgeship._workspace import scratch_dir
+from edgeship.core.report import ModelInfo
 from edgeship.dataset import Dataset, load_data, split
 from edgeship.errors import ConfigError, EdgeshipError
 from edgeship.evaluate import Metric, get_metric, measure_latencies, measure_peak_memory, run_outputs
@@ -154,6 +155,7 @@ class OptimizeResult:
     closest_reason: str = ""
     #: the input shapes that sized dynamic dims for MACs and estimates
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    model_info: ModelInfo = ModelInfo()
 
     def report(self, out_dir: Path | str) -> Path:
         """Write report.json, report.html, pareto.png, best.onnx and candidates/ into ``out_dir``."""
@@ -164,11 +166,14 @@ class OptimizeResult:
     def to_dict(self) -> dict[str, Any]:
         from edgeship import __version__
 
+        from edgeship.core.report import REPORT_TYPE, REPORT_VERSION
+
         return {
-            "type": "edgeship.report",
-            "version": 1,
+            "type": REPORT_TYPE,
+            "version": REPORT_VERSION,
             "edgeship_version": __version__,
             "model": self.source,
+            "model_info": self.model_info.to_dict(),
             "metric": {"name": self.metric.name, "higher_is_better": self.metric.higher_is_better,
                        "output": self.metric.output or ("every float output" if self.metric.every_output else None)},
             "budget": self.budget.__dict__,
@@ -348,7 +353,10 @@ class OptimizationPlan:
         best = choose(candidates, metric, self.objective)
         result = OptimizeResult(baseline, candidates, best, metric, self.budget, settings, self.objective,
                                 self.model.source, self.target,
-                                input_shapes={k: list(v.shape) for k, v in feeds.items()})
+                                input_shapes={k: list(v.shape) for k, v in feeds.items()},
+                                model_info=ModelInfo(self.model.task, self.model.labels,
+                                                     str(self.model.tokenizer_dir) if self.model.tokenizer_dir else None,
+                                                     settings.text_max_length if self.model.tokenizer_dir else None))
         explain(result)
         return result
 

@@ -1,4 +1,8 @@
-"""Pack a model (or an `optimize` output folder) into a signed, optionally encrypted bundle."""
+"""Pack a model (or an `optimize` output folder) into a signed, optionally encrypted bundle.
+
+A text model's bundle also carries its tokenizer (``tokenizer.json``) and class labels, so the
+device takes text in and answers with labels using only the ``tokenizers`` library.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import json
 import os
 import tempfile
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,9 @@ import numpy as np
 from edgeship.bundle.format import FORMAT, FORMAT_VERSION, NONCE_BYTES, aad
 from edgeship.bundle.keys import load_content_key, load_private_key
 from edgeship.core.files import atomic_writer
+from edgeship.core.names import Bundle
+from edgeship.core.report import ModelInfo, ReportHead
+from edgeship.core.session import Optimization, open_session
 from edgeship.errors import ConfigError, InvalidModelError
 
 __all__ = ["pack", "reference_input"]
@@ -35,8 +43,18 @@ def reference_input(inputs: list[Any], seq_len: int = 8) -> dict[str, np.ndarray
     return feeds
 
 
-def _source(model: Any) -> tuple[Path, dict[str, Any]]:
-    """(the .onnx to pack, facts from an optimize report: lineage and metrics)."""
+@dataclass(frozen=True)
+class _Source:
+    """The .onnx to pack and what is known about it (from an optimize report, or nothing)."""
+
+    path: Path
+    recipe: str | None = None
+    lineage: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    info: ModelInfo = ModelInfo()
+
+
+def _source(model: Any) -> _Source:
     path = Path(model)
     if path.is_dir():
         report_file, best = path / "report.json", path / "best.onnx"
@@ -46,13 +64,84 @@ def _source(model: Any) -> tuple[Path, dict[str, Any]]:
             raise InvalidModelError(
                 f"no candidate in {str(path)!r} passed the gate, so it has no best.onnx (its report says why each "
                 "lost); pack the model you optimized instead, or re-run optimize with a looser budget.")
-        report = json.loads(report_file.read_text())
-        chosen = next((c for c in report["candidates"] if c["recipe"] == report["best"]), None)
-        return best, {"recipe": report["best"], "lineage": chosen["lineage"] if chosen else [],
-                      "metrics": chosen["metrics"] if chosen else {}, "source_model": report.get("model")}
+        head = ReportHead.from_file(report_file)
+        return _Source(best, head.best, head.lineage, head.metrics, head.model_info)
     if not path.is_file():
         raise InvalidModelError(f"model not found: {str(path)!r}; give an .onnx file or an optimize output folder.")
-    return path, {"recipe": None, "lineage": [], "metrics": {}}
+    return _Source(path)
+
+
+_ENCODING_FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+SELFTEST_TEXT = "edgeship checks that the device tokenizes as the build did."
+
+
+def text_settings(tokenizer: Path, inputs: list[Any], max_length: int) -> tuple[bytes, dict[str, Any]]:
+    """(tokenizer.json bytes, the manifest's ``text`` entry) for a model whose inputs are token ids.
+
+    ``tokenizer`` is a Hugging Face model directory (its fast tokenizer is exported) or a
+    ``tokenizer.json``. The device pads and truncates every text to ``max_length`` tokens, so
+    requests batch together. The manifest keeps one text and its ids: the device checks that
+    its ``tokenizers`` library reproduces them before it serves text.
+    """
+    from tokenizers import Tokenizer
+
+    names = [s.name for s in inputs]
+    unknown = [n for n in names if n not in _ENCODING_FIELDS]
+    if unknown:
+        raise ConfigError(f"--tokenizer: the model takes {unknown}, which a tokenizer does not produce; "
+                          f"text input needs inputs among {sorted(_ENCODING_FIELDS)}.")
+    if not 1 <= max_length <= 8192:
+        raise ConfigError(f"--max-length must be 1..8192 tokens, got {max_length}.")
+    path = Path(tokenizer)
+    if path.is_dir():
+        from transformers import AutoTokenizer
+
+        hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        if not getattr(hf, "is_fast", False):
+            raise ConfigError(f"the tokenizer in {str(path)!r} has no fast (tokenizers) version to ship.")
+        data, pad_token, pad_id = hf.backend_tokenizer.to_str().encode(), hf.pad_token, hf.pad_token_id
+    elif path.is_file():
+        data = path.read_bytes()
+        pad_token = next((t for t in ("[PAD]", "<pad>") if Tokenizer.from_str(data.decode()).token_to_id(t) is not None),
+                         None)
+        pad_id = Tokenizer.from_str(data.decode()).token_to_id(pad_token) if pad_token else None
+    else:
+        raise ConfigError(f"--tokenizer {str(path)!r} is neither a Hugging Face directory nor a tokenizer.json.")
+    if pad_id is None:
+        raise ConfigError(f"the tokenizer {str(path)!r} has no padding token; texts in one batch cannot be padded.")
+    settings = {"max_length": int(max_length), "pad_id": int(pad_id), "pad_token": str(pad_token),
+                "inputs": {n: _ENCODING_FIELDS[n] for n in names}}
+    from edgeship.runtime.text import TextEncoder  # the device's own encoder checks itself against it
+
+    ids = TextEncoder(data, settings).encode([SELFTEST_TEXT])["input_ids"][0]
+    settings["selftest"] = {"text": SELFTEST_TEXT, "input_ids": ids.tolist()}
+    return data, settings
+
+
+def _hf_info(model_dir: Path) -> ModelInfo:
+    """Task and class names from a Hugging Face directory's config.json (its head and id2label)."""
+    from edgeship.importers.huggingface import head_for
+
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ModelInfo()
+    try:
+        _, head = head_for(config.get("architectures"), model_dir)
+    except InvalidModelError:
+        return ModelInfo()
+    id2label = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()} if head.labelled else {}
+    return ModelInfo(head.task, tuple(id2label[i] for i in sorted(id2label)))
+
+
+def _selftest(loaded: Any, text: dict[str, Any] | None, tokenizer_json: bytes | None) -> dict[str, np.ndarray]:
+    """The self-test input: tokens of a real text for text models, else a deterministic tensor."""
+    if text is None:
+        return reference_input(loaded.inputs)
+    from edgeship.runtime.text import TextEncoder
+
+    feeds = TextEncoder(tokenizer_json, text).encode([SELFTEST_TEXT])
+    return {s.name: feeds[s.name].astype(s.dtype) for s in loaded.inputs}
 
 
 def _preoptimize(onnx_path: Path, feeds: dict[str, np.ndarray], expected: np.ndarray,
@@ -63,24 +152,35 @@ def _preoptimize(onnx_path: Path, feeds: dict[str, np.ndarray], expected: np.nda
     of 58 ms to create the session here). Layout optimizations, which depend on the device's
     CPU, are left to the device. Returns (bytes, note), or (None, why not).
     """
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory(prefix="edgeship-preopt-") as tmp:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        so.log_severity_level = 3
+        optimized = Path(tmp) / "optimized.onnx"
         try:
-            ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-            data = Path(so.optimized_model_filepath).read_bytes()
+            open_session(onnx_path, threads=1, optimization=Optimization.EXTENDED, optimized_model_path=optimized)
+            data = optimized.read_bytes()
             if len(list(Path(tmp).iterdir())) > 1:
                 return None, "not pre-optimized: the optimized graph needs external data files"
-            got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+            got = open_session(data, threads=1).run(None, feeds)[0]
         except Exception as exc:  # ONNX Runtime could not optimize or reload it: pack the model as given
             return None, f"not pre-optimized: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     if got.shape != expected.shape or not np.allclose(got, expected, rtol=tolerance["rtol"], atol=tolerance["atol"]):
         return None, "not pre-optimized: the optimized graph's output differed from the model's"
     return data, "extended"
+
+
+def _check_name_version(name: str, version: int) -> None:
+    if not name or "/" in name or "\\" in name or name.startswith(".") or ".." in name:
+        raise ConfigError(f"bundle name {name!r} must be a plain non-empty name, e.g. digits-cnn.")
+    if int(version) != version or version < 1:
+        raise ConfigError(f"--version must be a whole number >= 1 that only ever increases, got {version!r}.")
+
+
+def _write(out: Path, manifest: dict[str, Any], members: dict[str, bytes], key: Any) -> None:
+    manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    with atomic_writer(out) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr(Bundle.MANIFEST, manifest_bytes)
+        archive.writestr(Bundle.SIGNATURE, key.sign(manifest_bytes))
+        for member, data in members.items():
+            archive.writestr(member, data)
 
 
 def pack(
@@ -93,46 +193,57 @@ def pack(
     target: str | None = None,
     labels: list[str] | None = None,
     preoptimize: bool = True,
+    tokenizer: Path | str | None = None,
+    max_length: int | None = None,
 ) -> Path:
     """Write a .edgeship bundle; returns its path. The file appears only when complete.
 
     With ``preoptimize`` (the default) the bundle holds the graph after ONNX Runtime's portable
     optimizations, checked against the model on the self-test input; the manifest records the
-    ONNX Runtime version that made it.
+    ONNX Runtime version that made it. ``labels`` (else the model's id2label, from an optimize
+    folder) name the classes. ``tokenizer`` (a Hugging Face directory or tokenizer.json; from an
+    optimize folder of a Hugging Face model, its own) lets the device take text, padded or cut
+    to ``max_length`` tokens (default: the length the model was evaluated at, else 128).
     """
     import onnxruntime as ort
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     from edgeship.importers.onnx_file import load_onnx
 
-    if not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"bundle name {name!r} must be a plain non-empty name, e.g. digits-cnn.")
-    if int(version) != version or version < 1:
-        raise ConfigError(f"--version must be a whole number >= 1 that only ever increases, got {version!r}.")
+    _check_name_version(name, version)
     key = load_private_key(sign_key)
     content_key = load_content_key(encrypt_key) if encrypt_key else None
-    onnx_path, facts = _source(model)
-    loaded = load_onnx(onnx_path)  # checked like any import
-    source_bytes = onnx_path.read_bytes()
+    source = _source(model)
+    loaded = load_onnx(source.path)  # checked like any import
+    source_bytes = source.path.read_bytes()
     if len(loaded.files) > 1:
         raise InvalidModelError("models with external data files cannot be bundled yet; save the weights inline.")
-    feeds = reference_input(loaded.inputs)
+    tokenizer = tokenizer or source.info.tokenizer_dir
+    tokenizer_json, text, info = None, None, source.info
+    if tokenizer is not None and not info.task and Path(tokenizer).is_dir():
+        info = _hf_info(Path(tokenizer))
+    if tokenizer is not None:
+        tokenizer_json, text = text_settings(Path(tokenizer), loaded.inputs,
+                                             max_length or source.info.text_max_length or 128)
+    feeds = _selftest(loaded, text, tokenizer_json)
     expected = loaded.session(1).run(None, feeds)[0]
     tolerance = {"rtol": 1e-3, "atol": float(1e-3 * np.abs(expected).max() + 1e-5)}
     model_bytes, optimization = None, "none (--no-preoptimize)"
     if preoptimize:
-        model_bytes, optimization = _preoptimize(onnx_path, feeds, expected, tolerance)
+        model_bytes, optimization = _preoptimize(source.path, feeds, expected, tolerance)
     model_bytes = model_bytes if model_bytes is not None else source_bytes
     selftest = io.BytesIO()
     np.savez(selftest, **{f"input.{k}": v for k, v in feeds.items()}, expected=expected)
-    members = {"selftest.npz": selftest.getvalue()}
+    members = {Bundle.SELFTEST: selftest.getvalue()}
+    if tokenizer_json is not None:
+        members[Bundle.TOKENIZER] = tokenizer_json
     encryption = None
     if content_key is not None:
         nonce = os.urandom(NONCE_BYTES)  # fresh for every bundle
-        members["model.onnx.enc"] = AESGCM(content_key).encrypt(nonce, model_bytes, aad(name, version))
+        members[Bundle.MODEL_ENCRYPTED] = AESGCM(content_key).encrypt(nonce, model_bytes, aad(name, version))
         encryption = {"alg": "AES-256-GCM", "nonce": nonce.hex(), "aad": "name+version"}
     else:
-        members["model.onnx"] = model_bytes
+        members[Bundle.MODEL] = model_bytes
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -141,11 +252,13 @@ def pack(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "inputs": [s.to_dict() for s in loaded.inputs],
         "outputs": [s.to_dict() for s in loaded.outputs],
-        "labels": labels or [],
+        "task": info.task,
+        "labels": list(labels) if labels else list(info.labels),
+        "text": text,
         "target": target,
-        "recipe": facts["recipe"],
-        "lineage": facts["lineage"],
-        "metrics": facts["metrics"],
+        "recipe": source.recipe,
+        "lineage": source.lineage,
+        "metrics": source.metrics,
         "selftest": tolerance,
         "encryption": encryption,
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
@@ -153,11 +266,6 @@ def pack(
         "runtime": {"onnxruntime": ort.__version__, "graph_optimization": optimization},
         "members": {k: {"sha256": hashlib.sha256(v).hexdigest(), "size": len(v)} for k, v in members.items()},
     }
-    manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
     out = Path(out)
-    with atomic_writer(out) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as archive:
-        archive.writestr("manifest.json", manifest_bytes)
-        archive.writestr("manifest.sig", key.sign(manifest_bytes))
-        for member, data in members.items():
-            archive.writestr(member, data)
+    _write(out, manifest, members, key)
     return out

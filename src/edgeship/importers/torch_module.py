@@ -84,7 +84,7 @@ def check_parity(module: Any, args: tuple[Any, ...], path: Path, input_names: li
     Tracing records one path through forward(); Python control flow or ``.item()`` on data
     is frozen into constants and the model is silently wrong on other inputs.
     """
-    import onnxruntime as ort
+    from edgeship.core.session import open_session
     import torch
 
     probe = _parity_inputs(args)
@@ -93,9 +93,7 @@ def check_parity(module: Any, args: tuple[Any, ...], path: Path, input_names: li
     if hasattr(expected, "last_hidden_state"):
         expected = expected.last_hidden_state
     wanted = list(expected) if isinstance(expected, (tuple, list)) else [expected]
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    session = open_session(path, threads=1)
     outputs = session.run(None, {n: t.numpy() for n, t in zip(input_names, probe)})
     for got, want in zip(outputs, wanted):  # every output, not only the first
         want = want.detach().numpy()

@@ -39,13 +39,15 @@ from pathlib import Path
 from typing import Any
 
 from edgeship.core.files import atomic_write_bytes, fsync_dir
-from edgeship.bundle.format import BundleError, record_accepted, verify_bundle
+from edgeship.bundle.format import BundleError, verify_bundle
+from edgeship.core.names import BUNDLE_SUFFIX, StateDir
+from edgeship.core.rollback import record_accepted
 from edgeship.errors import ConfigError, EdgeshipError
 
 __all__ = ["AgentConfig", "Agent", "UpdateResult", "STEPS", "rollout_bucket"]
 
 STEPS = ("download", "verify", "install", "switch", "self-test", "health", "commit")
-SLOTS = ("a", "b")
+SLOTS = StateDir.SLOT_NAMES
 HISTORY = 50
 
 
@@ -106,9 +108,11 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.dir = Path(config.state_dir)
+        self.layout = StateDir(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        for sub in ("tuf", "downloads", "slots/a", "slots/b"):
-            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        for sub in (self.layout / StateDir.TUF, self.layout / StateDir.DOWNLOADS,
+                    *(self.layout.slot(s) for s in StateDir.SLOT_NAMES)):
+            sub.mkdir(parents=True, exist_ok=True)
         try:
             self.root_bytes = Path(config.root).read_bytes()
         except OSError as exc:
@@ -123,7 +127,7 @@ class Agent:
         drops the lock when the process dies, even by kill -9."""
         import fcntl
 
-        handle = open(self.dir / "agent.lock", "a")
+        handle = open(self.layout / StateDir.LOCK, "a")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -144,7 +148,7 @@ class Agent:
 
     # -- state -------------------------------------------------------------------------
     def _device_id(self) -> str:
-        path = self.dir / "device-id"
+        path = self.layout / StateDir.DEVICE_ID
         if path.is_file():
             return path.read_text().strip()
         device_id = f"dev-{uuid.uuid4().hex[:12]}"
@@ -152,7 +156,7 @@ class Agent:
         return device_id
 
     def _load_state(self) -> dict[str, Any]:
-        path = self.dir / "agent.json"
+        path = self.layout / StateDir.AGENT_STATE
         if not path.is_file():
             return {"model": self.config.model, "active": None, "versions": {}, "pending": None,
                     "last_error": None, "failed_versions": [], "history": []}
@@ -164,16 +168,16 @@ class Agent:
 
     def _save_state(self) -> None:
         self.state["history"] = self.state["history"][-HISTORY:]
-        atomic_write_bytes(self.dir / "agent.json", json.dumps(self.state, indent=2).encode())
+        atomic_write_bytes(self.layout / StateDir.AGENT_STATE, json.dumps(self.state, indent=2).encode())
 
     def _event(self, event: str, version: int | None, detail: str = "") -> None:
         self.state["history"].append({"time": _now(), "event": event, "version": version, "detail": detail})
 
     def bundle_path(self, slot: str) -> Path:
-        return self.dir / "slots" / slot / "bundle.edgeship"
+        return self.layout.slot_bundle(slot)
 
     def current_slot(self) -> str | None:
-        link = self.dir / "current"
+        link = self.layout.current
         if not link.is_symlink():
             return None
         target = os.readlink(link)
@@ -183,8 +187,8 @@ class Agent:
     def _switch(self, slot: str, pause: bool = False) -> None:
         tmp = self.dir / ".current.tmp"
         tmp.unlink(missing_ok=True)
-        os.symlink(f"slots/{slot}", tmp)
-        os.replace(tmp, self.dir / "current")  # atomic: readers see the old slot or the new one
+        os.symlink(f"{StateDir.SLOTS}/{slot}", tmp)
+        os.replace(tmp, self.layout.current)  # atomic: readers see the old slot or the new one
         if pause:
             _pause("switch")
         fsync_dir(self.dir)
@@ -201,7 +205,8 @@ class Agent:
 
     def recover(self) -> str | None:
         """Finish or undo an update interrupted by a crash; returns what was done."""
-        for leftover in list(self.dir.glob("slots/*/.bundle.*")) + list((self.dir / "downloads").iterdir()):
+        for leftover in [*self.dir.glob(f"{StateDir.SLOTS}/*/.{StateDir.BUNDLE}.*"),
+                         *(self.layout / StateDir.DOWNLOADS).iterdir()]:
             if leftover.is_file():
                 leftover.unlink()
         pending = self.state.get("pending")
@@ -257,7 +262,7 @@ class Agent:
         cfg = self.config
         base = cfg.repo_url.rstrip("/")
         try:
-            updater = Updater(str(self.dir / "tuf"), f"{base}/metadata/", str(self.dir / "downloads"),
+            updater = Updater(str(self.layout / StateDir.TUF), f"{base}/metadata/", str(self.layout / StateDir.DOWNLOADS),
                               f"{base}/targets/", bootstrap=self.root_bytes)
             updater.refresh()
             index_info = updater.get_targetinfo(f"{cfg.model}/{cfg.channel}.json")
@@ -277,7 +282,7 @@ class Agent:
             if info is None:
                 raise _StepError("download", f"the index names {release['target']!r}, which the signed targets lack")
             _pause("download")
-            download = Path(updater.download_target(info, str(self.dir / "downloads" / f"{cfg.model}-{version}.edgeship")))
+            download = Path(updater.download_target(info, str(self.layout / StateDir.DOWNLOADS / f"{cfg.model}-{version}{BUNDLE_SUFFIX}")))
         except _StepError:
             raise
         except Exception as exc:  # TUF refused metadata or a download: expired, rolled back, mixed, too long, bad hash
@@ -409,7 +414,7 @@ class Agent:
         if previous:
             self._switch(previous)
         else:  # nothing to go back to: serve nothing rather than a broken model
-            (self.dir / "current").unlink(missing_ok=True)
+            self.layout.current.unlink(missing_ok=True)
         self._remember_failure(version)
         self.state["pending"] = None
         self.state["last_error"] = f"{exc.step}: {exc.reason}"

@@ -82,11 +82,7 @@ class OptimizeGraph(PassConfig):
                 )
             optimized.save_model_to_file(str(out))
             return out
-        import onnxruntime as ort
+        from edgeship.core.session import Optimization, open_session
 
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        so.optimized_model_filepath = str(out)
-        so.log_severity_level = 3
-        ort.InferenceSession(str(model.path), so, providers=["CPUExecutionProvider"])
+        open_session(model.path, threads=1, optimization=Optimization.BASIC, optimized_model_path=out)
         return out

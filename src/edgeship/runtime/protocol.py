@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +49,10 @@ DATATYPES = {
     "FP16": "float16",
     "FP32": "float32",
     "FP64": "float64",
+    "BYTES": "object",  # strings (text models): JSON strings, or 4-byte little-endian length + bytes each
 }
+#: bounds on what one request may ask for
+MAX_CLASSIFICATION = 1000
 _TO_OIP = {v: k for k, v in DATATYPES.items()}
 
 
@@ -81,6 +85,8 @@ class InferRequest:
     outputs: list[str] | None  # requested outputs; None means all
     binary_outputs: set[str] = field(default_factory=set)
     id: str | None = None
+    #: outputs asked for as classification results: name -> how many top classes
+    classification: dict[str, int] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -126,9 +132,40 @@ def _check_against_spec(name: str, datatype: Any, shape: tuple[int, ...], spec: 
     return np.dtype(spec["dtype"])
 
 
+def _strings_from_json(name: str, data: list[Any], shape: tuple[int, ...]) -> np.ndarray:
+    count = math.prod(shape)
+    if len(data) != count or not all(isinstance(x, str) for x in data):
+        raise ProtocolError(f"input {name!r}: BYTES \"data\" must be a flat list of {count} strings for shape "
+                            f"{list(shape)}.")
+    array = np.empty(count, dtype=object)
+    array[:] = data
+    return array.reshape(shape)
+
+
+def _strings_from_binary(name: str, blob: memoryview, shape: tuple[int, ...]) -> np.ndarray:
+    """Triton's BYTES layout: each element a 4-byte little-endian length, then that many bytes."""
+    count, items, at = math.prod(shape), [], 0
+    while at < len(blob) and len(items) < count:
+        if at + 4 > len(blob):
+            raise ProtocolError(f"input {name!r}: BYTES data ends inside an element's length.")
+        (length,) = struct.unpack_from("<I", blob, at)
+        if at + 4 + length > len(blob):
+            raise ProtocolError(f"input {name!r}: a BYTES element claims {length} bytes past the end of its data.")
+        items.append(bytes(blob[at + 4:at + 4 + length]))
+        at += 4 + length
+    if len(items) != count or at != len(blob):
+        raise ProtocolError(f"input {name!r}: BYTES data holds {len(items)} elements in {len(blob)} bytes; shape "
+                            f"{list(shape)} needs {count}.")
+    array = np.empty(count, dtype=object)
+    array[:] = items
+    return array.reshape(shape)
+
+
 def _from_json(name: str, data: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     if not isinstance(data, list):
         raise ProtocolError(f"input {name!r}: \"data\" must be a list (flat, row major), got {type(data).__name__}.")
+    if dtype == np.dtype(object):
+        return _strings_from_json(name, data, shape)
     try:
         raw = np.asarray(data)
     except ValueError:
@@ -153,6 +190,10 @@ def _from_binary(name: str, size: Any, binary: memoryview, offset: int, shape: t
                  dtype: np.dtype) -> np.ndarray:
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ProtocolError(f"input {name!r}: binary_data_size must be a non-negative integer, got {size!r}.")
+    if dtype == np.dtype(object):
+        if offset + size > len(binary):
+            raise ProtocolError(f"input {name!r}: the body ends before its {size} bytes of binary data.")
+        return _strings_from_binary(name, binary[offset:offset + size], shape)
     need = math.prod(shape) * dtype.itemsize
     if size != need:
         raise ProtocolError(f"input {name!r}: binary_data_size is {size} bytes but shape {list(shape)} of "
@@ -163,13 +204,17 @@ def _from_binary(name: str, size: Any, binary: memoryview, offset: int, shape: t
 
 
 def parse_infer_request(body: bytes, header_length: str | None, input_specs: list[dict[str, Any]],
-                        output_names: list[str]) -> InferRequest:
-    """Parse and validate an inference request against the model's I/O signature."""
+                        output_names: list[str], text_input: dict[str, Any] | None = None) -> InferRequest:
+    """Parse and validate an inference request against the model's I/O signature.
+
+    ``text_input`` (a text model's BYTES input spec) may stand in for all of ``input_specs``."""
     header, binary = _split_body(body, header_length)
     entries = header.get("inputs")
     if not isinstance(entries, list) or not entries:
         raise ProtocolError("the request needs an \"inputs\" list with one entry per model input.")
     specs = {s["name"]: s for s in input_specs}
+    if text_input is not None and all(isinstance(e, dict) and e.get("name") == text_input["name"] for e in entries):
+        specs = {text_input["name"]: text_input}
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for entry in entries:
@@ -202,6 +247,7 @@ def parse_infer_request(body: bytes, header_length: str | None, input_specs: lis
     params = header.get("parameters") or {}
     all_binary = bool(isinstance(params, dict) and params.get("binary_data_output"))
     wanted, binary_outputs = None, set(output_names) if all_binary else set()
+    classes: dict[str, int] = {}
     if header.get("outputs") is not None:
         if not isinstance(header["outputs"], list):
             raise ProtocolError("\"outputs\" must be a list of {\"name\": ...} objects.")
@@ -212,26 +258,62 @@ def parse_infer_request(body: bytes, header_length: str | None, input_specs: lis
                 raise ProtocolError(f"unknown output {name!r}; the model's outputs are {output_names}.")
             wanted.append(name)
             out_params = out.get("parameters") or {}
-            if isinstance(out_params, dict) and "binary_data" in out_params:
+            if not isinstance(out_params, dict):
+                raise ProtocolError(f"output {name!r}: \"parameters\" must be an object.")
+            if "binary_data" in out_params:
                 (binary_outputs.add if out_params["binary_data"] else binary_outputs.discard)(name)
+            if "classification" in out_params:
+                classes[name] = _class_count(name, out_params["classification"])
     request_id = header.get("id")
-    return InferRequest(inputs, wanted, binary_outputs, str(request_id) if request_id is not None else None)
+    return InferRequest(inputs, wanted, binary_outputs, str(request_id) if request_id is not None else None,
+                        classes)
+
+
+def _class_count(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_CLASSIFICATION:
+        raise ProtocolError(f"output {name!r}: \"classification\" must be a whole number of classes from 1 to "
+                            f"{MAX_CLASSIFICATION}, got {value!r}.")
+    return value
+
+
+def _binary(array: np.ndarray) -> bytes:
+    if array.dtype == np.dtype(object):
+        encoded = [x if isinstance(x, bytes) else str(x).encode() for x in array.reshape(-1)]
+        return b"".join(struct.pack("<I", len(x)) + x for x in encoded)
+    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _json_data(array: np.ndarray) -> list[Any]:
+    if array.dtype == np.dtype(object):
+        return [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in array.reshape(-1)]
+    if array.dtype.kind == "f" and not np.isfinite(array).all():  # JSON has no NaN/Inf: send them as strings
+        return [x if math.isfinite(x) else str(x) for x in array.reshape(-1).tolist()]
+    return array.reshape(-1).tolist()
 
 
 def encode_infer_response(model_name: str, model_version: int, outputs: dict[str, np.ndarray],
-                          request: InferRequest) -> tuple[bytes, dict[str, str]]:
-    """(body, extra headers) for an inference response, JSON or JSON + binary tensors."""
+                          request: InferRequest, labels: list[str] | None = None) -> tuple[bytes, dict[str, str]]:
+    """(body, extra headers) for an inference response, JSON or JSON + binary tensors. Outputs asked
+    for with ``classification`` are answered as ``"score:index:label"`` strings (BYTES), best first."""
+    from edgeship.runtime.text import classify
+
     names = request.outputs if request.outputs is not None else list(outputs)
     entries, blobs = [], []
     for name in names:
         array = np.ascontiguousarray(outputs[name])
-        entry: dict[str, Any] = {"name": name, "datatype": oip_datatype(array.dtype.name), "shape": list(array.shape)}
+        if name in request.classification:
+            try:
+                array = classify(array, labels or [], request.classification[name])
+            except EdgeshipError as exc:
+                raise ProtocolError(f"output {name!r} cannot be classified: {exc}") from None
+        datatype = "BYTES" if array.dtype == np.dtype(object) else oip_datatype(array.dtype.name)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if name in request.binary_outputs:
-            blob = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            blob = _binary(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = array.reshape(-1).tolist()
+            entry["data"] = _json_data(array)
         entries.append(entry)
     response: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version), "outputs": entries}
     if request.id is not None:

@@ -36,6 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from edgeship.bundle.format import BundleError
+from edgeship.core.names import StateDir
 from edgeship.errors import ConfigError
 from edgeship.runtime.batching import DynamicBatcher, QueueFullError
 from edgeship.runtime.protocol import (
@@ -46,7 +47,7 @@ from edgeship.runtime.protocol import (
     parse_infer_request,
     tensor_metadata,
 )
-from edgeship.runtime.session import Runtime
+from edgeship.runtime.session import TEXT_INPUT, Runtime
 
 __all__ = ["ServeSettings", "Trust", "create_app", "serve", "has_batch_axis"]
 
@@ -135,7 +136,12 @@ class _LRU:
         for name in sorted(inputs):
             a = np.ascontiguousarray(inputs[name])
             h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-            h.update(a.data)
+            if a.dtype == np.dtype(object):  # strings: their bytes, each with its length, not object pointers
+                for item in a.reshape(-1):
+                    data = item if isinstance(item, bytes) else str(item).encode()
+                    h.update(len(data).to_bytes(8, "little") + data)
+            else:
+                h.update(a.data)
         return h.digest()
 
     def get(self, key: bytes) -> dict[str, np.ndarray] | None:
@@ -162,7 +168,7 @@ class ModelHost:
     def __init__(self, path: Path, trust: Trust, settings: ServeSettings, metrics: _Metrics) -> None:
         self.source, self.trust, self.settings, self.metrics = Path(path), trust, settings, metrics
         self.slotted = self.source.is_dir()
-        if self.slotted and not (self.source / "current").exists():
+        if self.slotted and not StateDir(self.source).current.exists():
             raise ConfigError(f"{str(self.source)!r} is a folder without current/bundle.edgeship; give a .edgeship "
                               "file, or an `edgeship agent` state directory after its first update.")
         self._source_key = self._key()
@@ -178,7 +184,7 @@ class ModelHost:
 
     @property
     def path(self) -> Path:
-        return self.source / "current" / "bundle.edgeship" if self.slotted else self.source
+        return StateDir(self.source).current_bundle if self.slotted else self.source
 
     def _key(self) -> tuple[Any, ...]:
         """What identifies the bundle being served: the slot link and the file's identity."""
@@ -186,7 +192,7 @@ class ModelHost:
             st = self.path.stat()
         except OSError:
             return (None,)
-        link = os.readlink(self.source / "current") if self.slotted else None
+        link = os.readlink(StateDir(self.source).current) if self.slotted else None
         return (link, st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _open(self) -> Runtime:
@@ -201,6 +207,9 @@ class ModelHost:
         self.runtime, self.manifest = runtime, runtime.manifest
         self.version = int(self.manifest["version"])
         self.output_names = [s["name"] for s in self.manifest["outputs"]]
+        # a text model also takes its texts as one BYTES input, tokenized on the device
+        self.text_input = ({"name": TEXT_INPUT, "dtype": "object", "shape": ["batch"]}
+                           if self.manifest.get("text") else None)
         self.batched = has_batch_axis(self.manifest)
         self.labels = {"model": self.name, "version": str(self.version)}
         if old is not None and old != self.labels:
@@ -479,7 +488,7 @@ def create_app(bundles: list[Path], trust: Trust, settings: ServeSettings | None
     @app.get("/v2", tags=["server"])
     async def server_metadata() -> dict[str, Any]:
         return {"name": "edgeship", "version": edgeship.__version__,
-                "extensions": ["binary_tensor_data", "model_repository"]}
+                "extensions": ["binary_tensor_data", "classification", "model_repository"]}
 
     def model_metadata(name: str, version: str | None) -> dict[str, Any]:
         host = registry.get(name, version)
@@ -488,7 +497,8 @@ def create_app(bundles: list[Path], trust: Trust, settings: ServeSettings | None
             "name": name,
             "versions": [str(v) for v in versions] if version is None else [str(host.version)],
             "platform": "onnxruntime_onnx",
-            "inputs": [tensor_metadata(s) for s in host.manifest["inputs"]],
+            "inputs": [tensor_metadata(s) for s in ([host.text_input] if host.text_input else [])
+                       + host.manifest["inputs"]],
             "outputs": [tensor_metadata(s) for s in host.manifest["outputs"]],
         }
 
@@ -522,9 +532,10 @@ def create_app(bundles: list[Path], trust: Trust, settings: ServeSettings | None
         try:
             body = await request.body()
             parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), host.manifest["inputs"],
-                                         host.output_names)
+                                         host.output_names, host.text_input)
             outputs = await host.infer(parsed)
-            payload, headers = encode_infer_response(host.name, host.version, outputs, parsed)
+            payload, headers = encode_infer_response(host.name, host.version, outputs, parsed,
+                                                     host.manifest.get("labels"))
             status = 200
             return Response(payload, headers=headers)
         except ProtocolError as exc:

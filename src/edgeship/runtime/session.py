@@ -1,17 +1,26 @@
-"""Runtime: a verified bundle running in ONNX Runtime, from memory."""
+"""Runtime: a verified bundle running in ONNX Runtime, from memory.
+
+A text model's bundle carries its tokenizer: :meth:`Runtime.predict` then also takes
+``{"text": [...]}``, and :meth:`Runtime.classify` answers with labels.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from edgeship.bundle.format import BundleError, verify_bundle
-from edgeship.errors import DataMismatchError
+from edgeship.core.errors import DataMismatchError
+from edgeship.core.rollback import record_accepted
+from edgeship.core.session import open_session
 
-__all__ = ["Runtime", "RuntimeInputError"]
+__all__ = ["Runtime", "RuntimeInputError", "TEXT_INPUT"]
+
+#: the input name under which a text model takes strings (Open Inference Protocol datatype BYTES)
+TEXT_INPUT = "text"
 
 
 class RuntimeInputError(DataMismatchError):
@@ -27,13 +36,41 @@ def _keys(trusted_keys: Any) -> list[Any]:
     return list(trusted_keys)
 
 
+def _check_feeds(specs: list[dict[str, Any]], inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The inputs as arrays, after checking names, dtypes and shapes against the manifest."""
+    by_name = {s["name"]: s for s in specs}
+    missing, extra = sorted(set(by_name) - set(inputs)), sorted(set(inputs) - set(by_name))
+    if missing or extra:
+        raise RuntimeInputError(f"inputs {sorted(inputs)} do not match the model's {sorted(by_name)} "
+                                f"(missing {missing}, unexpected {extra}).")
+    feeds = {}
+    for name, spec in by_name.items():
+        array = np.asarray(inputs[name])
+        if str(array.dtype) != spec["dtype"]:
+            raise RuntimeInputError(f"input {name!r} has dtype {array.dtype}, the model wants {spec['dtype']}.")
+        want = spec["shape"]
+        if len(array.shape) != len(want) or any(isinstance(w, int) and w != g for w, g in zip(want, array.shape)):
+            raise RuntimeInputError(f"input {name!r} has shape {list(array.shape)}, the model wants {want}.")
+        feeds[name] = array
+    return feeds
+
+
 class Runtime:
-    """Open with :meth:`open`; then :meth:`predict`."""
+    """Open with :meth:`open`; then :meth:`predict` (or :meth:`classify` for text classifiers)."""
 
     def __init__(self, bundle: Any, session: Any) -> None:
         self.bundle = bundle
         self.manifest = bundle.manifest
         self._session = session
+        self.text = None
+        if self.manifest.get("text"):
+            from edgeship.runtime.text import TextEncoder
+
+            self.text = TextEncoder(bundle.tokenizer_json, self.manifest["text"])
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest.get("labels") or [])
 
     @classmethod
     def open(
@@ -57,12 +94,8 @@ class Runtime:
 
         key = load_content_key(decrypt_key) if isinstance(decrypt_key, (str, Path)) else decrypt_key
         bundle = verify_bundle(path, _keys(trusted_keys), key, state_dir, allow_downgrade, record=False)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        try:
-            session = ort.InferenceSession(bundle.model_bytes, so, providers=["CPUExecutionProvider"])
+        try:  # from memory; the session keeps no copy of the model bytes (see edgeship.core.session)
+            session = open_session(bundle.model_bytes, threads)
         except Exception as exc:  # verified, but this ONNX Runtime cannot load it
             made_by = bundle.manifest.get("runtime", {}).get("onnxruntime", "?")
             raise BundleError(
@@ -70,18 +103,9 @@ class Runtime:
                 f"({str(exc).splitlines()[0][:200]}); it was packed with ONNX Runtime {made_by}: install that "
                 "version or newer, or repack with --no-preoptimize."
             ) from None
-        # The model bytes are not needed once the session exists. onnxruntime's Python session keeps
-        # them only to re-create itself for a provider fallback, which a CPU-only session without
-        # fallback never does (its source marks holding them as a TODO): release both references,
-        # so the decrypted model does not stay in memory beside the session (MiniLM fp32: 90 MB).
-        session.disable_fallback()
-        session._model_bytes = None
-        bundle = dataclasses.replace(bundle, model_bytes=b"")
-        runtime = cls(bundle, session)
+        runtime = cls(dataclasses.replace(bundle, model_bytes=b""), session)
         runtime.self_test()
         if state_dir is not None and record:  # accepted only after the self-test passed
-            from edgeship.bundle.format import record_accepted
-
             record_accepted(state_dir, bundle.name, bundle.version)
         return runtime
 
@@ -95,22 +119,36 @@ class Runtime:
                 f"{self.manifest['name']} v{self.manifest['version']} failed its self-test: the output differs from "
                 f"the packed reference (max |diff| {float(np.abs(got - expected).max()):.3g}); not loading it."
             )
+        if self.text is not None:
+            try:
+                self.text.check()
+            except Exception as exc:
+                raise BundleError(f"{self.manifest['name']} v{self.manifest['version']}: {exc}") from None
 
-    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Check names, dtypes and shapes against the manifest, then run."""
-        specs = {s["name"]: s for s in self.manifest["inputs"]}
-        missing, extra = sorted(set(specs) - set(inputs)), sorted(set(inputs) - set(specs))
-        if missing or extra:
-            raise RuntimeInputError(f"inputs {sorted(inputs)} do not match the model's {sorted(specs)} "
-                                    f"(missing {missing}, unexpected {extra}).")
-        feeds = {}
-        for name, spec in specs.items():
-            array = np.asarray(inputs[name])
-            if str(array.dtype) != spec["dtype"]:
-                raise RuntimeInputError(f"input {name!r} has dtype {array.dtype}, the model wants {spec['dtype']}.")
-            want = spec["shape"]
-            if len(array.shape) != len(want) or any(isinstance(w, int) and w != g for w, g in zip(want, array.shape)):
-                raise RuntimeInputError(f"input {name!r} has shape {list(array.shape)}, the model wants {want}.")
-            feeds[name] = array
-        outputs = self._session.run(None, feeds)
+    def encode_text(self, texts: Sequence[str | bytes]) -> dict[str, np.ndarray]:
+        """The model's token inputs for ``texts`` (text bundles only)."""
+        if self.text is None:
+            raise RuntimeInputError(f"{self.manifest['name']} takes tensors, not text: it was packed without a "
+                                    "tokenizer (pack --tokenizer).")
+        return {s["name"]: v.astype(s["dtype"]) for s, v in
+                zip(self.manifest["inputs"], (self.text.encode(texts)[s["name"]] for s in self.manifest["inputs"]))}
+
+    def predict(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Check names, dtypes and shapes against the manifest, then run. A text bundle also takes
+        ``{"text": [str, ...]}`` and tokenizes it on the device."""
+        if self.text is not None and set(inputs) == {TEXT_INPUT}:
+            inputs = self.encode_text(list(np.asarray(inputs[TEXT_INPUT], dtype=object).reshape(-1)))
+        outputs = self._session.run(None, _check_feeds(self.manifest["inputs"], inputs))
         return {spec["name"]: out for spec, out in zip(self.manifest["outputs"], outputs)}
+
+    def classify(self, texts: Sequence[str], top: int = 1, output: str | None = None) -> list[list[tuple[str, float]]]:
+        """For each text, the ``top`` (label, score) pairs of the classifier's scores, best first."""
+        name = output or self.manifest["outputs"][0]["name"]
+        return self.rank(self.predict({TEXT_INPUT: list(texts)})[name], top)
+
+    def rank(self, scores: np.ndarray, top: int = 1) -> list[list[tuple[str, float]]]:
+        """For each row of [batch, classes] scores, the ``top`` (label, score) pairs, best first."""
+        from edgeship.runtime.text import classify
+
+        rows = classify(scores, self.labels, top)
+        return [[(entry.split(":", 2)[-1], float(entry.split(":", 1)[0])) for entry in row] for row in rows]

@@ -59,12 +59,9 @@ def host_peak_macs_per_cycle() -> tuple[float, float]:
 
 
 def _time_session(model: Any, feeds: dict[str, np.ndarray], seconds: float = 0.5) -> float:
-    import onnxruntime as ort
+    from edgeship.core.session import open_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = open_session(model.SerializeToString(), threads=1)
     for _ in range(3):
         sess.run(None, feeds)
     runs, start = 0, time.perf_counter()

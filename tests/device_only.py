@@ -1,0 +1,28 @@
+"""Run the edgeship CLI as on a device-only install (``pip install edgeship[runtime]``): the
+build side's frameworks cannot be imported, so any code path that needs them fails loudly.
+
+Usage: python tests/device_only.py serve BUNDLE ... (the arguments of ``edgeship``)
+"""
+
+from __future__ import annotations
+
+import sys
+
+#: what edgeship[runtime] does not install
+BLOCKED = {"torch", "transformers", "onnx", "onnxscript", "sklearn", "scipy", "matplotlib", "ray", "torch_pruning",
+           "safetensors", "yaml", "skl2onnx"}
+
+
+class _NotOnDevice:
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not installed on a device (edgeship[runtime])")
+        return None
+
+
+if __name__ == "__main__":
+    sys.meta_path.insert(0, _NotOnDevice())
+    from edgeship.cli import main
+
+    sys.argv[0] = "edgeship"
+    main()
