@@ -173,7 +173,7 @@ def test_repository_layout_and_publish_checks(tmp_path, bundles, keys):
         publish(repo, bundles["untrusted"], trusted_keys=load_public_keys(keys["public"]))
     done = subprocess.run(CLI + ["publish", str(bundles[3]), "--repo", str(repo), "--channel", "nightly"],
                           capture_output=True, text=True)
-    assert done.returncode == 2 and "--channel must be one of" in done.stderr
+    assert done.returncode == 2 and "'nightly' is not one of 'stable', 'canary'" in done.stderr
     versions = json.loads((repo / "repo.json").read_text())["versions"]
     assert versions == {"root": 1, "targets": 2, "snapshot": 2, "timestamp": 2}
     served = [p for p in (repo / "public").rglob("*") if p.is_file()]

@@ -266,6 +266,10 @@ def test_openapi_schema_and_metrics(server):
     status, _, data = _request(port, "GET", "/openapi.json")
     schema = json.loads(data)
     assert status == 200 and "/v2/models/{name}/infer" in schema["paths"] and "/v2/health/ready" in schema["paths"]
+    # this test's own requests, one good and one bad, so it does not depend on which tests ran before
+    good = {"inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}]}
+    assert _request(port, "POST", "/v2/models/digits/infer", json.dumps(good).encode())[0] == 200
+    assert _request(port, "POST", "/v2/models/digits/infer", b"{not json")[0] == 400
     assert _metric(port, "edgeship_inference_requests_total", model="digits", status="200") >= 1
     assert _metric(port, "edgeship_inference_requests_total", model="digits", status="400") >= 1
     assert _metric(port, "edgeship_inference_request_duration_seconds_count", model="digits") >= 2

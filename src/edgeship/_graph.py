@@ -10,12 +10,15 @@ MatMulNBits count the same MACs as the float op they replace.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 __all__ = ["graph_stats", "op_histogram", "opsets", "weight_sparsity", "infer_shapes_and_types", "node_macs"]
 
@@ -149,8 +152,8 @@ def infer_shapes_and_types(proto: Any) -> tuple[dict[str, tuple[int, ...]], dict
             run_shapes, run_types = runtime_shapes(proto)
             shapes = {**run_shapes, **shapes}
             types = {**run_types, **types}
-        except Exception:  # the model cannot run here: keep what static inference found
-            pass
+        except Exception as exc:  # the model cannot run here: keep what static inference found
+            log.info("shapes of one run unavailable (%s: %s); static inference only", type(exc).__name__, exc)
     return shapes, types
 
 
@@ -162,7 +165,8 @@ def _static_shapes_and_types(proto: Any) -> tuple[dict[str, tuple[int, ...]], di
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
         inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=True)
-    except Exception:  # fall back to ONNX's own inference for graphs ORT's tool rejects
+    except Exception as exc:  # fall back to ONNX's own inference for graphs ORT's tool rejects
+        log.debug("ONNX Runtime's symbolic shape inference failed (%s); using ONNX's", exc)
         inferred = None
     if inferred is None:
         inferred = onnx.shape_inference.infer_shapes(proto)

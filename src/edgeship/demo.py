@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["digits_data", "train_digits_cnn", "digits_model", "minilm_dir", "demo_sentences", "run_demo"]
+__all__ = ["digits_data", "train_digits_cnn", "digits_model", "minilm_dir", "demo_sentences", "run_demo",
+           "prepare_demo", "save_demo_inputs"]
 
 DIGITS_SIZE = 32
 
@@ -123,6 +124,32 @@ def prepare_demo(
     from edgeship.errors import ConfigError
 
     raise ConfigError(f"unknown demo {name!r}; choose 'digits' or 'minilm'.")
+
+
+def save_demo_inputs(prepared: tuple[Any, Path, Path, Path | None], folder: Path) -> list[Path]:
+    """Copy the demo's float model and data files into ``folder`` (model.onnx, calib, eval, train, and
+    sample.npz: four evaluation inputs without labels)."""
+    import shutil
+
+    from edgeship.errors import ConfigError
+
+    model, calib, evald, train = prepared
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise ConfigError(f"--save-inputs {str(folder)!r} is not empty; give a new or empty folder.")
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / "model.onnx"]
+    shutil.copyfile(model.path, written[0])
+    for source, name in ((calib, "calib"), (evald, "eval"), (train, "train")):
+        if source is not None:
+            written.append(folder / f"{name}{Path(source).suffix}")
+            shutil.copyfile(source, written[-1])
+    if Path(evald).suffix == ".npz":  # a few inputs without labels, as `edgeship run --input` takes them
+        with np.load(evald, allow_pickle=False) as archive:
+            sample = {k: archive[k][:4] for k in archive.files if k != "labels"}
+        written.append(folder / "sample.npz")
+        np.savez(written[-1], **sample)
+    return written
 
 
 def run_demo(name: str = "digits", out: Path | str = "edgeship-out", progress: Any = None, **optimize_kwargs: Any) -> Any:

@@ -211,6 +211,10 @@ def pack(
     from edgeship.importers.onnx_file import load_onnx
 
     _check_name_version(name, version)
+    if target is not None and target != "host":
+        from edgeship.targets import load_profile
+
+        target = load_profile(target).id  # a typo is refused here, not shipped in the manifest
     key = load_private_key(sign_key)
     content_key = load_content_key(encrypt_key) if encrypt_key else None
     source = _source(model)

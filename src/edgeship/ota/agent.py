@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -48,6 +49,7 @@ __all__ = ["AgentConfig", "Agent", "UpdateResult", "STEPS", "rollout_bucket"]
 
 STEPS = ("download", "verify", "install", "switch", "self-test", "health", "commit")
 SLOTS = StateDir.SLOT_NAMES
+log = logging.getLogger(__name__)
 HISTORY = 50
 
 
@@ -365,8 +367,8 @@ class Agent:
                 except ValueError:
                     reason = exc.reason
                 raise _StepError("health", f"the server refused the new bundle: {reason}") from None
-        except OSError:
-            pass
+        except OSError as exc:  # an older server without the load request: wait for its own poll below
+            log.info("load request to %s failed (%s); waiting for the server to poll", base, exc)
         deadline = time.monotonic() + self.config.health_timeout_s
         serving = None
         while time.monotonic() < deadline:
@@ -375,8 +377,8 @@ class Agent:
                     serving = json.loads(response.read()).get("versions", [])
                 if str(version) in serving:
                     break
-            except (OSError, ValueError):
-                pass
+            except (OSError, ValueError) as exc:
+                log.debug("health check of %s: %s", base, exc)
             time.sleep(0.2)
         else:
             raise _StepError("health", f"the server at {base} still serves {serving} after "
@@ -444,7 +446,7 @@ class Agent:
         try:
             urllib.request.urlopen(request, timeout=10).close()
         except OSError as exc:  # the fleet service being down must not stop updates
-            print(f"fleet report failed: {exc}", file=sys.stderr, flush=True)
+            log.warning("fleet report to %s failed: %s", self.config.fleet_url, exc)
 
     def run(self, interval: float | None, on_result: Any = None) -> UpdateResult:
         """Check once (``interval`` None) or forever, every ``interval`` seconds with +-10% jitter."""

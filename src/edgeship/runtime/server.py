@@ -17,6 +17,7 @@ import collections
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -48,6 +49,8 @@ from edgeship.runtime.protocol import (
     tensor_metadata,
 )
 from edgeship.runtime.session import TEXT_INPUT, Runtime
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ServeSettings", "Trust", "create_app", "serve", "has_batch_axis"]
 
@@ -269,8 +272,7 @@ class ModelHost:
             except Exception as exc:  # keep serving the model we have
                 self.reload_error = f"{self.path}: {exc}"
                 self.metrics.reload_failures.labels(model=self.name).inc()
-                print(f"edgeship serve: kept {self.name} v{self.version}; the new bundle was refused: {exc}",
-                      file=sys.stderr, flush=True)
+                log.warning("kept %s v%s; the new bundle was refused: %s", self.name, self.version, exc)
                 return False
             if str(runtime.manifest["name"]) != self.name:
                 self.reload_error = f"{self.path} now holds {runtime.manifest['name']}, not {self.name}"

@@ -1,0 +1,5 @@
+"""python -m edgeship.cli"""
+
+from edgeship.cli import main
+
+main()
