@@ -23,6 +23,8 @@ def _status_kib(field: str) -> int:
 
 
 def probe(model_path: str, feeds_path: str, threads: int) -> dict[str, int]:
+    import onnxruntime  # noqa: F401 - imported before the baseline: the library is not the model's memory
+
     from edgeship.core.session import open_session
 
     with np.load(feeds_path, allow_pickle=False) as archive:
