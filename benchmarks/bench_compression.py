@@ -19,7 +19,7 @@ from pathlib import Path
 import edgeship
 from edgeship._workspace import scratch_dir
 from edgeship.demo import prepare_demo
-from edgeship.pipeline import plan_optimization
+from edgeship.search.pipeline import plan_optimization
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import TorchSession, time_sessions, write_results  # noqa: E402

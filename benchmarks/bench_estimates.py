@@ -19,7 +19,7 @@ import numpy as np
 import edgeship
 from edgeship._workspace import scratch_dir
 from edgeship.demo import prepare_demo
-from edgeship.pipeline import plan_optimization
+from edgeship.search.pipeline import plan_optimization
 from edgeship.targets import load_profile
 from edgeship.targets.estimate import estimate
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import edgeship
-from edgeship._graph import weight_sparsity
+from edgeship.evaluate.graph import weight_sparsity
 from edgeship.dataset import Dataset
 from edgeship.errors import ConfigError, DataMismatchError, PassNotApplicableError
 from edgeship.passes import PASSES, PassContext
@@ -42,7 +42,7 @@ def conv_weight_shapes(model) -> list[tuple[int, ...]]:
 
 
 def test_unstructured_global_pruning_reaches_sparsity_and_compresses(cnn_model, ctx, digits8):
-    from edgeship.pipeline import compressed_size
+    from edgeship.search.pipeline import compressed_size
 
     out = PASSES["prune_unstructured"](amount=0.6).run(cnn_model, ctx)
     assert weight_sparsity(out.path) >= 0.59

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import edgeship
-from edgeship.executors import ProcessExecutor, make_executor
+from edgeship.search.executors import ProcessExecutor, make_executor
 from edgeship.errors import ConfigError
 
 FAST = edgeship.EvalSettings(runs=10, rounds=2, warmup=2, measure_memory=False)

@@ -42,7 +42,7 @@ def test_static_recipes_take_reduce_range_from_the_cpu_unless_the_recipe_says():
 
 @pytest.mark.parametrize("target, expected", [("x86-gateway", True), ("raspberry-pi-5", False)])
 def test_the_plan_quantizes_for_the_target_cpu(cnn_onnx, cnn_data, target, expected):
-    from edgeship.pipeline import plan_optimization
+    from edgeship.search.pipeline import plan_optimization
 
     plan = plan_optimization(cnn_onnx, cnn_data["calib"], cnn_data["eval"], recipes="static-int8-minmax",
                              target=target, executor="local")
@@ -51,7 +51,7 @@ def test_the_plan_quantizes_for_the_target_cpu(cnn_onnx, cnn_data, target, expec
 
 
 def test_host_plan_follows_this_machines_flags(cnn_onnx, cnn_data):
-    from edgeship.pipeline import plan_optimization
+    from edgeship.search.pipeline import plan_optimization
 
     plan = plan_optimization(cnn_onnx, cnn_data["calib"], cnn_data["eval"], recipes="static-int8-minmax",
                              executor="local")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import edgeship
-from edgeship._graph import graph_stats
+from edgeship.evaluate.graph import graph_stats
 
 
 def _rnn(tmp_path, op: str, gates: int, seq: int = 5, inputs: int = 8, hidden: int = 16, dynamic_seq: bool = False):

@@ -38,3 +38,29 @@ def test_readme_recipe_yaml_loads(tmp_path):
     path.write_text(yaml_block)
     (recipe,) = load_recipe_file(path)
     assert [s.name for s in recipe.steps] == ["optimize_graph", "quantize_dynamic"]
+
+
+def _tour() -> list[str]:
+    text = README.read_text()
+    section = text[text.index("## A tour of the CLI"):]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_readme_cli_tour_runs_as_written(tmp_path):
+    """Every line of the tour, in order, from an empty folder, with the installed `edgeship` command."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    lines = _tour()
+    assert lines[0].startswith("edgeship demo") and any(l.startswith("edgeship run") for l in lines)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "COLUMNS": "160"}
+    for line in lines:
+        proc = subprocess.run(shlex.split(line), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"{line}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    with __import__("numpy").load(tmp_path / "y.npz") as outputs:
+        assert outputs[outputs.files[0]].shape == (4, 10)  # the bundle ran the four sample digits
+    assert (tmp_path / "device-state" / "accepted-versions.json").is_file()

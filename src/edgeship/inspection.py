@@ -13,7 +13,7 @@ def inspect_model(model: Any, shapes: dict[str, tuple[int, ...]] | None = None) 
     """Inputs, outputs, opsets, op histogram, params, MACs (per sample, batch 1) and size."""
     import onnx
 
-    from edgeship._graph import op_histogram, opsets
+    from edgeship.evaluate.graph import op_histogram, opsets
     from edgeship.importers import load
 
     model = load(model) if not isinstance(model, Model) else model

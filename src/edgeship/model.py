@@ -155,7 +155,7 @@ class Model:
         A quantized model has its float parent's architecture, so it is counted there: the
         same MACs, done in int8.
         """
-        from edgeship._graph import graph_stats
+        from edgeship.evaluate.graph import graph_stats
 
         return graph_stats(self.float_parent or self.path, shapes)
 

@@ -123,7 +123,7 @@ def optimize(
 ) -> None:
     """Compress a model with each recipe, measure every candidate, and pick the best."""
     import edgeship
-    from edgeship.pipeline import plan_optimization
+    from edgeship.search.pipeline import plan_optimization
     from edgeship.report.writer import check_out_dir
 
     def work() -> Any:
@@ -285,7 +285,7 @@ def demo(
     import edgeship
     from edgeship._workspace import scratch_dir
     from edgeship.demo import prepare_demo, save_demo_inputs
-    from edgeship.pipeline import plan_optimization
+    from edgeship.search.pipeline import plan_optimization
     from edgeship.report.writer import check_out_dir
 
     def work() -> Any:

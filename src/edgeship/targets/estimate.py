@@ -48,7 +48,7 @@ PARALLEL_EFFICIENCY = 0.5
 @dataclass(frozen=True)
 class NodeCost:
     op: str
-    macs: int | None  # None: a cost that cannot be counted (see edgeship._graph.node_macs)
+    macs: int | None  # None: a cost that cannot be counted (see edgeship.evaluate.graph.node_macs)
     int8: bool
     bytes_moved: int
 
@@ -82,7 +82,7 @@ def _nbytes(shape: tuple[int, ...] | None, elem_type: int | None) -> int:
 def graph_cost(path: Path | str, shapes: dict[str, tuple[int, ...]] | None = None) -> GraphCost:
     import onnx
 
-    from edgeship._graph import _fix_input_dims, infer_shapes_and_types, node_macs, unset_dims
+    from edgeship.evaluate.graph import _fix_input_dims, infer_shapes_and_types, node_macs, unset_dims
 
     proto = onnx.load(str(path))
     unset = unset_dims(proto, shapes)

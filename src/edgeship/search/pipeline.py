@@ -15,7 +15,7 @@ from edgeship.dataset import Dataset, load_data, split
 from edgeship.errors import ConfigError, EdgeshipError
 from edgeship.evaluate import Metric, get_metric, measure_latencies, measure_peak_memory, run_outputs
 from edgeship.evaluate.metrics import non_tensor_outputs
-from edgeship._graph import weight_sparsity
+from edgeship.evaluate.graph import weight_sparsity
 from edgeship.model import Model
 from edgeship.passes import PassContext
 from edgeship.recipes import Recipe, resolve_recipes
@@ -275,7 +275,7 @@ class OptimizationPlan:
     objective: str
     target: Any = None  # edgeship.targets.Profile | None
     request_rate_hz: float = 1.0
-    executor: Any = None  # see edgeship.executors; None = a local process pool
+    executor: Any = None  # see edgeship.search.executors; None = a local process pool
 
     @property
     def steps(self) -> int:
@@ -286,7 +286,7 @@ class OptimizationPlan:
         """Build and measure every candidate, gate them, and choose the best."""
         notify = progress or (lambda done, total, label: None)
         if self.executor is None:
-            from edgeship.executors import make_executor
+            from edgeship.search.executors import make_executor
 
             self.executor = make_executor("process")
         settings, metric, total = self.settings, self.metric, self.steps
@@ -422,7 +422,7 @@ def plan_optimization(
         except EdgeshipError:
             if explicit:  # the user asked for it by name: say why it cannot run
                 raise
-    from edgeship.executors import make_executor
+    from edgeship.search.executors import make_executor
 
     return OptimizationPlan(model, calibration, evaluation, train, metric, plan, budget, settings, objective,
                             profile, request_rate_hz, make_executor(executor, ray_address))
