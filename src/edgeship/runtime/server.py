@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -420,50 +420,54 @@ def _openapi_infer_body() -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def create_app(bundles: list[Path], trust: Trust, settings: ServeSettings | None = None) -> Any:
-    """Verify and load every bundle, then build the FastAPI app. Raises if any bundle is refused."""
-    import edgeship
+@dataclass
+class _Served:
+    """What the routes share: the models, the metrics, the settings, and whether the server is ready."""
 
-    settings = settings or ServeSettings()
-    settings.check()
-    if not bundles:
-        raise ConfigError("give at least one .edgeship bundle to serve.")
-    metrics = _Metrics()
-    registry = _Registry([ModelHost(Path(p), trust, settings, metrics) for p in bundles])
-    state = {"ready": False}
+    registry: _Registry
+    metrics: _Metrics
+    settings: ServeSettings
+    ready: bool = False
+
+
+def _lifespan(served: _Served) -> Any:
+    """Start the batchers and the background loops (idle unload, slot watch); stop them at shutdown."""
+
+    async def every(seconds: float, action: Any) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            await action()
+
+    async def unload_idle() -> None:
+        for host in served.registry.hosts:
+            host.unload_if_idle(time.monotonic())
+
+    async def reload_switched() -> None:
+        for host in served.registry.hosts:
+            await host.reload_if_changed()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> Any:
-        for host in registry.hosts:
+        loop, settings, tasks = asyncio.get_running_loop(), served.settings, []
+        for host in served.registry.hosts:
             host.start()
-        idle_task = None
         if settings.idle_unload_s:
-            async def unload_idle() -> None:
-                while True:
-                    await asyncio.sleep(min(1.0, settings.idle_unload_s / 4))
-                    for host in registry.hosts:
-                        host.unload_if_idle(time.monotonic())
-            idle_task = asyncio.get_running_loop().create_task(unload_idle())
-        watch_task = None
-        if any(h.slotted for h in registry.hosts):
-            async def watch_slots() -> None:
-                while True:
-                    await asyncio.sleep(settings.reload_poll_s)
-                    for host in registry.hosts:
-                        await host.reload_if_changed()
-            watch_task = asyncio.get_running_loop().create_task(watch_slots())
-        state["ready"] = True
+            tasks.append(loop.create_task(every(min(1.0, settings.idle_unload_s / 4), unload_idle)))
+        if any(h.slotted for h in served.registry.hosts):
+            tasks.append(loop.create_task(every(settings.reload_poll_s, reload_switched)))
+        served.ready = True
         yield
-        state["ready"] = False  # uvicorn has stopped accepting and finished in-flight requests
-        for task in (idle_task, watch_task):
-            if task is not None:
-                task.cancel()
-        for host in registry.hosts:
+        served.ready = False  # uvicorn has stopped accepting and finished in-flight requests
+        for task in tasks:
+            task.cancel()
+        for host in served.registry.hosts:
             await host.stop()
 
-    app = FastAPI(title="edgeship inference server", version=edgeship.__version__, lifespan=lifespan,
-                  description="Open Inference Protocol (KServe v2) REST, with Triton's binary tensor data extension.")
-    app.state.registry, app.state.metrics = registry, metrics
+    return lifespan
+
+
+def _add_error_handlers(app: Any) -> None:
+    """Every refusal is {"error": "..."} with its status; a malformed request is a 400, never a 422 or 500."""
 
     @app.exception_handler(ProtocolError)
     async def _protocol_error(request: Request, exc: ProtocolError) -> JSONResponse:
@@ -477,53 +481,74 @@ def create_app(bundles: list[Path], trust: Trust, settings: ServeSettings | None
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": f"malformed request: {exc.errors()[0].get('msg', exc)}"}, status_code=400)
 
-    @app.get("/v2/health/live", tags=["health"])
+
+def _health_routes(served: _Served) -> APIRouter:
+    from edgeship import __version__
+
+    router = APIRouter()
+
+    @router.get("/v2/health/live", tags=["health"])
     async def live() -> dict[str, bool]:
         return {"live": True}
 
-    @app.get("/v2/health/ready", tags=["health"])
+    @router.get("/v2/health/ready", tags=["health"])
     async def ready() -> Any:
-        if not state["ready"]:
-            return JSONResponse({"ready": False}, status_code=503)
-        return {"ready": True}
+        return {"ready": True} if served.ready else JSONResponse({"ready": False}, status_code=503)
 
-    @app.get("/v2", tags=["server"])
+    @router.get("/v2", tags=["server"])
     async def server_metadata() -> dict[str, Any]:
-        return {"name": "edgeship", "version": edgeship.__version__,
+        return {"name": "edgeship", "version": __version__,
                 "extensions": ["binary_tensor_data", "classification", "model_repository"]}
+
+    @router.get("/metrics", tags=["server"])
+    async def prometheus() -> Response:
+        return Response(generate_latest(served.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def _model_routes(served: _Served) -> APIRouter:
+    """Model metadata and readiness, with and without a version."""
+    router, registry = APIRouter(), served.registry
 
     def model_metadata(name: str, version: str | None) -> dict[str, Any]:
         host = registry.get(name, version)
-        versions = sorted(registry.by_name[name])
         return {
             "name": name,
-            "versions": [str(v) for v in versions] if version is None else [str(host.version)],
+            "versions": [str(v) for v in sorted(registry.by_name[name])] if version is None else [str(host.version)],
             "platform": "onnxruntime_onnx",
             "inputs": [tensor_metadata(s) for s in ([host.text_input] if host.text_input else [])
                        + host.manifest["inputs"]],
             "outputs": [tensor_metadata(s) for s in host.manifest["outputs"]],
         }
 
-    @app.get("/v2/models/{name}", tags=["model"])
+    def model_ready(name: str, version: str | None) -> Any:
+        host = registry.get(name, version)  # an idle-unloaded model is ready: it reloads on demand
+        return JSONResponse({"name": name, "version": str(host.version), "ready": served.ready},
+                            status_code=200 if served.ready else 503)
+
+    @router.get("/v2/models/{name}", tags=["model"])
     async def metadata(name: str) -> dict[str, Any]:
         return model_metadata(name, None)
 
-    @app.get("/v2/models/{name}/versions/{version}", tags=["model"])
+    @router.get("/v2/models/{name}/versions/{version}", tags=["model"])
     async def metadata_version(name: str, version: str) -> dict[str, Any]:
         return model_metadata(name, version)
 
-    def model_ready(name: str, version: str | None) -> Any:
-        host = registry.get(name, version)  # an idle-unloaded model is ready: it reloads on demand
-        return JSONResponse({"name": name, "version": str(host.version), "ready": state["ready"]},
-                            status_code=200 if state["ready"] else 503)
-
-    @app.get("/v2/models/{name}/ready", tags=["model"])
+    @router.get("/v2/models/{name}/ready", tags=["model"])
     async def ready_model(name: str) -> Any:
         return model_ready(name, None)
 
-    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["model"])
+    @router.get("/v2/models/{name}/versions/{version}/ready", tags=["model"])
     async def ready_model_version(name: str, version: str) -> Any:
         return model_ready(name, version)
+
+    return router
+
+
+def _infer_routes(served: _Served) -> APIRouter:
+    """POST .../infer: parse and check the request, batch it, answer in JSON or binary."""
+    router, registry, metrics = APIRouter(), served.registry, served.metrics
 
     async def do_infer(name: str, version: str | None, request: Request) -> Response:
         start = time.perf_counter()
@@ -551,23 +576,29 @@ def create_app(bundles: list[Path], trust: Trust, settings: ServeSettings | None
             metrics.requests.labels(**host.labels, status=str(status)).inc()
             metrics.latency.labels(**host.labels).observe(time.perf_counter() - start)
 
-    @app.post("/v2/models/{name}/infer", tags=["inference"], openapi_extra=_openapi_infer_body())
+    @router.post("/v2/models/{name}/infer", tags=["inference"], openapi_extra=_openapi_infer_body())
     async def infer(name: str, request: Request) -> Response:
         return await do_infer(name, None, request)
 
-    @app.post("/v2/models/{name}/versions/{version}/infer", tags=["inference"], openapi_extra=_openapi_infer_body())
+    @router.post("/v2/models/{name}/versions/{version}/infer", tags=["inference"], openapi_extra=_openapi_infer_body())
     async def infer_version(name: str, version: str, request: Request) -> Response:
         return await do_infer(name, version, request)
 
-    # Triton's model repository extension, the part that fits bundles checked before load:
-    # an index, and a load that takes up what the update agent switched to (no new files).
-    @app.post("/v2/repository/index", tags=["repository"])
+    return router
+
+
+def _repository_routes(served: _Served) -> APIRouter:
+    """Triton's model repository extension, the part that fits bundles checked before load: an index,
+    and a load that takes up what the update agent switched to (no new files)."""
+    router, registry = APIRouter(), served.registry
+
+    @router.post("/v2/repository/index", tags=["repository"])
     async def repository_index() -> list[dict[str, Any]]:
         return [{"name": h.name, "version": str(h.version), "state": "READY",
                  "reason": h.reload_error or ("" if h.runtime is not None else "unloaded while idle; loads on demand")}
                 for h in registry.hosts]
 
-    @app.post("/v2/repository/models/{name}/load", tags=["repository"])
+    @router.post("/v2/repository/models/{name}/load", tags=["repository"])
     async def repository_load(name: str, request: Request) -> dict[str, Any]:
         body = await request.body()
         try:
@@ -582,10 +613,25 @@ def create_app(bundles: list[Path], trust: Trust, settings: ServeSettings | None
             await host.load_now()
         return {}
 
-    @app.get("/metrics", tags=["server"])
-    async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return router
 
+
+def create_app(bundles: list[Path], trust: Trust, settings: ServeSettings | None = None) -> Any:
+    """Verify and load every bundle, then build the FastAPI app. Raises if any bundle is refused."""
+    from edgeship import __version__
+
+    settings = settings or ServeSettings()
+    settings.check()
+    if not bundles:
+        raise ConfigError("give at least one .edgeship bundle to serve.")
+    metrics = _Metrics()
+    served = _Served(_Registry([ModelHost(Path(p), trust, settings, metrics) for p in bundles]), metrics, settings)
+    app = FastAPI(title="edgeship inference server", version=__version__, lifespan=_lifespan(served),
+                  description="Open Inference Protocol (KServe v2) REST, with Triton's binary tensor data extension.")
+    app.state.registry, app.state.metrics = served.registry, metrics
+    _add_error_handlers(app)
+    for routes in (_health_routes, _model_routes, _infer_routes, _repository_routes):
+        app.include_router(routes(served))
     app.add_middleware(_BodyLimit, limit=settings.max_request_bytes)
     return app
 

@@ -21,8 +21,11 @@ class TextEncoder:
     """Tokenizes texts into the model's inputs, padded and truncated to the bundle's ``max_length``."""
 
     def __init__(self, tokenizer_json: bytes | None, settings: dict[str, Any]) -> None:
-        from tokenizers import Tokenizer
-
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise EdgeshipError("this bundle takes text, and its tokenizer needs the tokenizers library: "
+                                "pip install 'edgeship[text]'.") from None
         if tokenizer_json is None:
             raise EdgeshipError("the bundle's manifest asks for text input but it holds no tokenizer.json.")
         try:
