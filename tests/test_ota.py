@@ -406,6 +406,7 @@ def test_serve_hot_reloads_the_agents_update_with_no_failed_request(tmp_path, bu
         body = json.dumps({"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32",
                                        "data": x.reshape(-1).tolist()}]}).encode()
         statuses, versions, stop = [], set(), threading.Event()
+        served = {"1": threading.Event(), "2": threading.Event()}  # a version was answered at least once
 
         def load() -> None:
             while not stop.is_set():
@@ -414,7 +415,10 @@ def test_serve_hot_reloads_the_agents_update_with_no_failed_request(tmp_path, bu
                 try:
                     with urllib.request.urlopen(request, timeout=30) as response:
                         statuses.append(response.status)
-                        versions.add(json.loads(response.read())["model_version"])
+                        version = json.loads(response.read())["model_version"]
+                        versions.add(version)
+                        if version in served:
+                            served[version].set()
                 except urllib.error.HTTPError as exc:
                     statuses.append(exc.code)
                 except OSError:
@@ -423,11 +427,11 @@ def test_serve_hot_reloads_the_agents_update_with_no_failed_request(tmp_path, bu
         clients = [threading.Thread(target=load) for _ in range(2)]
         for c in clients:
             c.start()
-        time.sleep(0.5)
+        assert served["1"].wait(60)  # the clients are under way on v1
         publish(repo, bundles[2])
         done = _agent(server, repo, state, keys, "--health-url", base)
         assert done.returncode == 0 and "updated to v2" in done.stdout, done.stdout + done.stderr
-        time.sleep(0.5)
+        assert served["2"].wait(60)  # and go on, now answered by v2
         stop.set()
         for c in clients:
             c.join(30)

@@ -177,7 +177,8 @@ def _build(config: Any, head: HeadSpec, model_dir: Path) -> Any:
     import transformers
 
     try:
-        model = getattr(transformers, head.auto_class).from_config(config).eval()
+        # eager attention exports the MatMul/Softmax pattern that ONNX Runtime's BERT fusions recognize
+        model = getattr(transformers, head.auto_class).from_config(config, attn_implementation="eager").eval()
     except ValueError as exc:  # the Auto class does not know this model type
         raise InvalidModelError(f"cannot build a {head.task} model for {str(model_dir)!r}: "
                                 f"{str(exc).splitlines()[0]}") from None
@@ -230,8 +231,6 @@ def load_hf_dir(model_dir: Path | str, seq_len: int = DEFAULT_SEQ_LEN) -> Model:
     arch, head = head_for(getattr(config, "architectures", None), model_dir)
     if pooling is not None:
         head = TASKS["Model"]
-    # Eager attention exports the MatMul/Softmax pattern that ORT's BERT fusions recognize.
-    config._attn_implementation = "eager"
     network = _build(config, head, model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     names = _input_names(tokenizer, network)

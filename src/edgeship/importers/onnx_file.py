@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from edgeship.errors import InvalidModelError
 from edgeship.model import Model
@@ -11,12 +13,24 @@ from edgeship.model import Model
 __all__ = ["load_onnx", "check_external_data"]
 
 
-def check_external_data(proto: object, model_dir: Path) -> None:
-    """Refuse external-data locations that are absolute or escape the model's folder."""
-    from onnx.external_data_helper import _get_all_tensors
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor a graph stores: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
 
+
+def check_external_data(proto: Any, model_dir: Path) -> None:
+    """Refuse external-data locations that are absolute or escape the model's folder."""
     root = model_dir.resolve()
-    for tensor in _get_all_tensors(proto):
+    for tensor in _tensors(proto.graph):
         if tensor.data_location != 1:  # onnx.TensorProto.EXTERNAL
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
