@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from edgeship.core.signature import missing_and_extra, shape_fits
 from edgeship.errors import DataMismatchError
 from edgeship.model import Model
 
@@ -50,8 +51,7 @@ class Dataset:
     def validate_for(self, model: Model) -> None:
         """Raise DataMismatchError unless names, dtypes and shapes fit the model's inputs."""
         expected = {s.name: s for s in model.inputs}
-        missing = sorted(set(expected) - set(self.inputs))
-        extra = sorted(set(self.inputs) - set(expected))
+        missing, extra = missing_and_extra(expected, self.inputs)
         if missing:
             raise DataMismatchError(
                 f"the data has no array for model input(s) {missing} (it has {sorted(self.inputs)}); "
@@ -71,9 +71,7 @@ class Dataset:
                 )
             want = tuple(spec.shape)
             got = tuple(array.shape)
-            if len(got) != len(want) or any(
-                isinstance(w, int) and w != g for w, g in zip(want[1:], got[1:])
-            ):
+            if not shape_fits(want, got, free_first=True):
                 raise DataMismatchError(
                     f"input {name!r} has shape {got}, the model wants {want} (axis 0 counts samples); "
                     "reshape the data to match."

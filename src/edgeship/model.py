@@ -17,19 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from edgeship.core.signature import numpy_dtype
+
 __all__ = ["Model", "TensorSpec", "LineageStep"]
 
-# ONNX TensorProto element types -> numpy dtype names (the subset models use as I/O).
-_ORT_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(double)": "float64",
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-    "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8",
-    "tensor(bool)": "bool",
-}
 
 
 @dataclass(frozen=True)
@@ -98,7 +89,7 @@ class Model:
 
         def specs(args: list[Any]) -> list[TensorSpec]:
             return [
-                TensorSpec(a.name, _ORT_TYPES.get(a.type, a.type), tuple(a.shape)) for a in args
+                TensorSpec(a.name, numpy_dtype(a.type), tuple(a.shape)) for a in args
             ]
 
         return specs(sess.get_inputs()), specs(sess.get_outputs())

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeship.errors import EdgeshipError
+from edgeship.core.errors import EdgeshipError
+from edgeship.core.signature import shape_fits, shown_shape
 
 __all__ = [
     "ProtocolError",
@@ -73,8 +74,7 @@ def oip_datatype(numpy_name: str) -> str:
 
 def tensor_metadata(spec: dict[str, Any]) -> dict[str, Any]:
     """A manifest I/O entry as OIP ``$metadata_tensor``: symbolic dims become -1."""
-    shape = [d if isinstance(d, int) else -1 for d in spec["shape"]]
-    return {"name": spec["name"], "datatype": oip_datatype(spec["dtype"]), "shape": shape}
+    return {"name": spec["name"], "datatype": oip_datatype(spec["dtype"]), "shape": shown_shape(spec["shape"])}
 
 
 @dataclass
@@ -125,10 +125,9 @@ def _check_against_spec(name: str, datatype: Any, shape: tuple[int, ...], spec: 
     want_type = oip_datatype(spec["dtype"])
     if datatype != want_type:
         raise ProtocolError(f"input {name!r} has datatype {datatype!r}; the model wants {want_type}.")
-    want = spec["shape"]
-    if len(shape) != len(want) or any(isinstance(w, int) and w != g for w, g in zip(want, shape)):
-        shown = [w if isinstance(w, int) else -1 for w in want]
-        raise ProtocolError(f"input {name!r} has shape {list(shape)}; the model wants {shown} (-1: any size).")
+    if not shape_fits(spec["shape"], shape):
+        raise ProtocolError(f"input {name!r} has shape {list(shape)}; the model wants {shown_shape(spec['shape'])} "
+                            "(-1: any size).")
     return np.dtype(spec["dtype"])
 
 

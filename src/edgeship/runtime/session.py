@@ -16,6 +16,7 @@ from edgeship.bundle.format import BundleError, verify_bundle
 from edgeship.core.errors import DataMismatchError
 from edgeship.core.rollback import record_accepted
 from edgeship.core.session import open_session
+from edgeship.core.signature import missing_and_extra, shape_fits
 
 __all__ = ["Runtime", "RuntimeInputError", "TEXT_INPUT"]
 
@@ -39,7 +40,7 @@ def _keys(trusted_keys: Any) -> list[Any]:
 def _check_feeds(specs: list[dict[str, Any]], inputs: dict[str, Any]) -> dict[str, np.ndarray]:
     """The inputs as arrays, after checking names, dtypes and shapes against the manifest."""
     by_name = {s["name"]: s for s in specs}
-    missing, extra = sorted(set(by_name) - set(inputs)), sorted(set(inputs) - set(by_name))
+    missing, extra = missing_and_extra(by_name, inputs)
     if missing or extra:
         raise RuntimeInputError(f"inputs {sorted(inputs)} do not match the model's {sorted(by_name)} "
                                 f"(missing {missing}, unexpected {extra}).")
@@ -49,7 +50,7 @@ def _check_feeds(specs: list[dict[str, Any]], inputs: dict[str, Any]) -> dict[st
         if str(array.dtype) != spec["dtype"]:
             raise RuntimeInputError(f"input {name!r} has dtype {array.dtype}, the model wants {spec['dtype']}.")
         want = spec["shape"]
-        if len(array.shape) != len(want) or any(isinstance(w, int) and w != g for w, g in zip(want, array.shape)):
+        if not shape_fits(want, array.shape):
             raise RuntimeInputError(f"input {name!r} has shape {list(array.shape)}, the model wants {want}.")
         feeds[name] = array
     return feeds
