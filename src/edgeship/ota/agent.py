@@ -259,6 +259,16 @@ class Agent:
         return best, skipped
 
     def _update(self) -> UpdateResult:
+        """One check: find the newest release meant for this device, download, verify, switch, check, commit."""
+        found = self._download()
+        if isinstance(found, UpdateResult):  # nothing newer
+            return found
+        download, version = found
+        self._verify_download(download, version)
+        return self._switch_and_check(download, version)
+
+    def _download(self) -> UpdateResult | tuple[Path, int]:
+        """Refresh the TUF metadata and download the release to take, or say why there is none."""
         from tuf.ngclient import Updater
 
         cfg = self.config
@@ -271,8 +281,7 @@ class Agent:
             if index_info is None:
                 return UpdateResult("up-to-date", self.active_version,
                                     f"{cfg.model} has no release on {cfg.channel} yet")
-            index = json.loads(Path(updater.download_target(index_info)).read_bytes())
-            release, skipped = self._choose(index)
+            release, skipped = self._choose(json.loads(Path(updater.download_target(index_info)).read_bytes()))
             active = self.active_version or 0
             if release is None or int(release["version"]) <= active:
                 note = f" (v{', v'.join(map(str, skipped))} failed on this device before)" if skipped else ""
@@ -284,12 +293,16 @@ class Agent:
             if info is None:
                 raise _StepError("download", f"the index names {release['target']!r}, which the signed targets lack")
             _pause("download")
-            download = Path(updater.download_target(info, str(self.layout / StateDir.DOWNLOADS / f"{cfg.model}-{version}{BUNDLE_SUFFIX}")))
+            target = self.layout / StateDir.DOWNLOADS / f"{cfg.model}-{version}{BUNDLE_SUFFIX}"
+            return Path(updater.download_target(info, str(target))), version
         except _StepError:
             raise
         except Exception as exc:  # TUF refused metadata or a download: expired, rolled back, mixed, too long, bad hash
             raise _StepError("download", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
+    def _verify_download(self, download: Path, version: int) -> None:
+        """The downloaded bundle, checked as `verify` does; a refused version is remembered and skipped later."""
+        cfg = self.config
         _pause("verify")
         try:
             verified = verify_bundle(download, cfg.trusted_keys, cfg.decrypt_key, self.dir, record=False)
@@ -302,6 +315,9 @@ class Agent:
             raise _StepError("verify", f"the bundle is {verified.name} v{verified.version}, the index promised "
                                        f"{cfg.model} v{version}")
 
+    def _switch_and_check(self, download: Path, version: int) -> UpdateResult:
+        """Install into the inactive slot, record the pending switch, switch, self-test and health-check;
+        commit, or roll back with the reason."""
         slot = next(s for s in SLOTS if s != self.state.get("active")) if self.state.get("active") else "a"
         self._install(download, slot)
         download.unlink(missing_ok=True)
@@ -317,7 +333,7 @@ class Agent:
                                 f"v{version} failed its {exc.step}: {exc.reason}; rolled back to "
                                 f"v{self.active_version}" if previous else f"v{version} failed its {exc.step}: {exc.reason}")
         self._commit(slot, version)
-        return UpdateResult("updated", version, f"{cfg.model} updated to v{version} (slot {slot})")
+        return UpdateResult("updated", version, f"{self.config.model} updated to v{version} (slot {slot})")
 
     def _install(self, download: Path, slot: str) -> None:
         data = download.read_bytes()

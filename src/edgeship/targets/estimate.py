@@ -80,9 +80,10 @@ def _nbytes(shape: tuple[int, ...] | None, elem_type: int | None) -> int:
 
 
 def graph_cost(path: Path | str, shapes: dict[str, tuple[int, ...]] | None = None) -> GraphCost:
+    """Per-node compute and traffic, weights, packed copies and the activation peak, at ``shapes``."""
     import onnx
 
-    from edgeship.evaluate.graph import _fix_input_dims, infer_shapes_and_types, node_macs, unset_dims
+    from edgeship.evaluate.graph import _fix_input_dims, infer_shapes_and_types, unset_dims
 
     proto = onnx.load(str(path))
     unset = unset_dims(proto, shapes)
@@ -92,9 +93,18 @@ def graph_cost(path: Path | str, shapes: dict[str, tuple[int, ...]] | None = Non
     fixed = _fix_input_dims(proto, shapes)
     value_shapes, types = infer_shapes_and_types(fixed)
     graph = fixed.graph
+    weight_bytes = sum(_nbytes(tuple(i.dims), i.data_type) for i in graph.initializer)
+    nodes, prepacked = _node_costs(graph, value_shapes, types)
+    activation_peak, io_bytes = _activation_plan(graph, value_shapes, types)
+    return GraphCost(tuple(nodes), weight_bytes, prepacked, activation_peak, io_bytes)
+
+
+def _node_costs(graph: Any, value_shapes: dict[str, Any], types: dict[str, int]) -> tuple[list[NodeCost], int]:
+    """(the cost of each node that runs, bytes of the weight copies ONNX Runtime packs at load)."""
+    from edgeship.evaluate.graph import node_macs
+
     inits = {i.name: i for i in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
-    weight_bytes = sum(_nbytes(tuple(i.dims), i.data_type) for i in graph.initializer)
 
     def source_init(name: str) -> Any:
         """The initializer behind ``name``, through DequantizeLinear/Cast/Transpose."""
@@ -112,7 +122,6 @@ def graph_cost(path: Path | str, shapes: dict[str, tuple[int, ...]] | None = Non
         if node.op_type in _FUSED_AWAY and not (node.op_type != "Identity" and at_boundary and
                                                  not all(i in inits for i in node.input if i)):
             continue  # fused into the quantized kernels; the input Quantize and output Dequantize do run
-        macs = node_macs(node, value_shapes, producers)
         weight = source_init(node.input[1]) if len(node.input) > 1 else None
         dequantized = len(node.input) > 1 and node.input[1] not in inits and weight is not None
         is_int8 = node.op_type in _INT8_OPS or (dequantized and weight.data_type in (2, 3))
@@ -124,13 +133,17 @@ def graph_cost(path: Path | str, shapes: dict[str, tuple[int, ...]] | None = Non
             moved = 2 * sum(_nbytes(value_shapes.get(n), types.get(n)) for n in node.output)
         else:
             moved = sum(_nbytes(value_shapes.get(n), types.get(n)) for n in [*node.input, *node.output] if n)
-        op = node.op_type
-        if op == "Conv" and is_int8:  # a QDQ Conv runs as QLinearConv
-            op = "QLinearConv"
-        nodes.append(NodeCost(op, macs, is_int8, moved))
+        op = "QLinearConv" if node.op_type == "Conv" and is_int8 else node.op_type  # a QDQ Conv runs as QLinearConv
+        nodes.append(NodeCost(op, node_macs(node, value_shapes, producers), is_int8, moved))
+    return nodes, prepacked
 
-    # static memory plan over activations (not initializers): live from producer to last consumer.
-    # Outputs of nodes fed only by initializers (DequantizeLinear of a weight) are folded at load.
+
+def _activation_plan(graph: Any, value_shapes: dict[str, Any], types: dict[str, int]) -> tuple[int, int]:
+    """(peak bytes of a static memory plan over activations, bytes of the graph's inputs and outputs).
+
+    Each activation lives from its producer to its last consumer; initializers are weights, and outputs
+    of nodes fed only by initializers (DequantizeLinear of a weight) are folded at load."""
+    inits = {i.name for i in graph.initializer}
     folded = {o for n in graph.node if n.input and all(i in inits or not i for i in n.input) for o in n.output}
     index = {o: i for i, n in enumerate(graph.node) for o in n.output}
     last_use: dict[str, int] = {}
@@ -144,14 +157,12 @@ def graph_cost(path: Path | str, shapes: dict[str, tuple[int, ...]] | None = Non
     delta = np.zeros(end + 2, dtype=np.int64)
     io_bytes = 0
     for name, last in last_use.items():
-        start = index.get(name, 0)
         size = _nbytes(value_shapes.get(name), types.get(name))
         if name not in index:
             io_bytes += size
-        delta[start] += size
+        delta[index.get(name, 0)] += size
         delta[last + 1] -= size
-    activation_peak = int(np.max(np.cumsum(delta))) if end else 0
-    return GraphCost(tuple(nodes), weight_bytes, prepacked, activation_peak, io_bytes)
+    return (int(np.max(np.cumsum(delta))) if end else 0), io_bytes
 
 
 def efficiency(profile: Profile) -> tuple[float, float, str]:
