@@ -377,7 +377,30 @@ def plan_optimization(
     ray_address: str | None = None,
     output: str | None = None,
 ) -> OptimizationPlan:
-    """Load and check the model, data, metric and recipes; raise on bad input. See :func:`optimize`."""
+    """Load and check the model, data, metric and recipes, and raise on bad input, before any work.
+
+    Args:
+        model: a Model, an .onnx path, a Hugging Face directory or ``module:function``.
+        data: calibration data (.npz/.txt path, dict of arrays or Dataset). When
+            ``eval_data`` is None it is split into disjoint calibration and evaluation halves.
+        metric: ``accuracy`` (needs labels), ``cosine``, ``mse``, ``module:function``, a
+            callable, or None for accuracy-if-labelled-else-cosine.
+        recipes: ``"auto"``, ``"name1,name2"``, a recipe file, Recipe objects.
+        budget: the allowed quality drop and device limits. A candidate must also be smaller, and
+            faster (objective latency or energy) or not slower (size, memory, accuracy) at the
+            budget's confidence, judged over interleaved timing rounds.
+        objective: what ``best`` minimises among passing candidates.
+        train_data: labelled training data (.npz, dict, Dataset) for pruning fine-tunes and
+            distillation; with it, ``auto`` also tries pruning and distillation chains.
+        target: a device profile id or .toml: every candidate gets a fit estimate there, the
+            budget's device lines apply to it, and candidates whose estimate already breaks
+            them are skipped before they are measured.
+        request_rate_hz: requests per second, for the idle share of energy per inference.
+        executor: where candidates are built: ``"process"`` (a local process pool, default),
+            ``"local"`` (this process) or ``"ray"`` (Ray tasks; ``ray_address`` names a cluster).
+        output: the model output the metric reads (default: the one that is unambiguous; cosine
+            and mse compare every float output). See :mod:`edgeship.evaluate.metrics`.
+    """
     from edgeship.importers import load
 
     budget = budget or Budget()
@@ -428,48 +451,12 @@ def plan_optimization(
                             profile, request_rate_hz, make_executor(executor, ray_address))
 
 
-def optimize(
-    model: Any,
-    data: Any,
-    eval_data: Any = None,
-    metric: Any = None,
-    recipes: Any = "auto",
-    budget: Budget | None = None,
-    settings: EvalSettings | None = None,
-    objective: Objective = "latency",
-    progress: ProgressFn | None = None,
-    train_data: Any = None,
-    target: Any = None,
-    request_rate_hz: float = 1.0,
-    executor: Any = "process",
-    ray_address: str | None = None,
-    output: str | None = None,
-) -> OptimizeResult:
+def optimize(model: Any, data: Any, eval_data: Any = None, *, progress: ProgressFn | None = None,
+             **options: Any) -> OptimizeResult:
     """Try each recipe on ``model``, measure every candidate, and pick the best that passes.
 
-    Args:
-        model: a Model, an .onnx path, a Hugging Face directory or ``module:function``.
-        data: calibration data (.npz/.txt path, dict of arrays or Dataset). When
-            ``eval_data`` is None it is split into disjoint calibration and evaluation halves.
-        metric: ``accuracy`` (needs labels), ``cosine``, ``mse``, ``module:function``, a
-            callable, or None for accuracy-if-labelled-else-cosine.
-        recipes: ``"auto"``, ``"name1,name2"``, a recipe file, Recipe objects.
-        budget: the allowed quality drop and device limits. A candidate must also be smaller, and
-            faster (objective latency or energy) or not slower (size, memory, accuracy) at the
-            budget's confidence, judged over interleaved timing rounds.
-        objective: what ``best`` minimises among passing candidates.
-        progress: called as ``progress(done, total, label)``.
-        train_data: labelled training data (.npz, dict, Dataset) for pruning fine-tunes and
-            distillation; with it, ``auto`` also tries pruning and distillation chains.
-        target: a device profile id or .toml: every candidate gets a fit estimate there, the
-            budget's device lines apply to it, and candidates whose estimate already breaks
-            them are skipped before they are measured.
-        request_rate_hz: requests per second, for the idle share of energy per inference.
-        executor: where candidates are built: ``"process"`` (a local process pool, default),
-            ``"local"`` (this process) or ``"ray"`` (Ray tasks; ``ray_address`` names a cluster).
-        output: the model output the metric reads (default: the one that is unambiguous; cosine
-            and mse compare every float output). See :mod:`edgeship.evaluate.metrics`.
+    ``options`` are those of :func:`plan_optimization` (metric, recipes, budget, settings, objective,
+    train_data, target, request_rate_hz, executor, ray_address, output); ``progress`` is called as
+    ``progress(done, total, label)``.
     """
-    plan = plan_optimization(model, data, eval_data, metric, recipes, budget, settings, objective, train_data,
-                             target, request_rate_hz, executor, ray_address, output)
-    return plan.run(progress)
+    return plan_optimization(model, data, eval_data, **options).run(progress)
