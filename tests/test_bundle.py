@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from edgeship.bundle import BundleError, generate_keys, load_public_keys, verify_bundle
-from edgeship.bundle.keys import KeyError_, load_content_key, load_private_key
+from edgeship.bundle.keys import KeyFileError, load_content_key, load_private_key
 from edgeship.bundle.pack import pack
 from edgeship.runtime import Runtime, RuntimeInputError
 
@@ -45,7 +45,7 @@ def test_keygen_writes_private_keys_0600_and_refuses_to_overwrite(keys):
         assert stat.S_IMODE(os.stat(keys[kind]).st_mode) == 0o600
     assert len(load_content_key(keys["content"])) == 32
     load_private_key(keys["private"])
-    with pytest.raises(KeyError_, match="already exist"):
+    with pytest.raises(KeyFileError, match="already exist"):
         generate_keys(keys["private"].parent)
 
 

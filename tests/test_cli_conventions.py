@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import edgeship
-from test_cli import EDGESHIP, run
+from test_cli import run
 from test_server import DEVICE_EDGESHIP
 
 

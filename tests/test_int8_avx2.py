@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 pytestmark = pytest.mark.skipif(not (shutil.which("qemu-x86_64") and platform.machine() == "x86_64"),

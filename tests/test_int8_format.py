@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import edgeship
 from edgeship.core.cpu import cpu_flags, u8s8_saturates
 from edgeship.passes.quantize import QuantizeStatic
 from edgeship.recipes import presets

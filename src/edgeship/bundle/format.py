@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeship.core.errors import EdgeshipError
+from edgeship.core.errors import BundleError
 from edgeship.core.names import Bundle
 from edgeship.core.rollback import check_not_older, record_accepted
 
@@ -49,10 +49,6 @@ MAX_MANIFEST_BYTES = 4 << 20
 MAX_TOKENIZER_BYTES = 64 << 20
 MAX_BUNDLE_BYTES = (4 << 30) + (128 << 20)  # one model, a tokenizer, a self-test and the manifest
 NONCE_BYTES = 12
-
-
-class BundleError(EdgeshipError):
-    """The bundle is not authentic, not intact, not decryptable, or not allowed (rollback)."""
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,9 @@ import os
 from pathlib import Path
 
 from edgeship.core.files import atomic_write_bytes, write_private
-from edgeship.errors import EdgeshipError
+from edgeship.core.errors import KeyFileError
 
-__all__ = ["generate_keys", "load_private_key", "load_public_keys", "load_content_key", "KeyError_"]
-
-
-class KeyError_(EdgeshipError):  # noqa: N801 - not the builtin KeyError
-    """A key file is missing, unreadable, or not a key of the expected kind."""
+__all__ = ["generate_keys", "load_private_key", "load_public_keys", "load_content_key", "KeyFileError"]
 
 
 def generate_keys(out_dir: Path | str, content_key: bool = False) -> dict[str, Path]:
@@ -28,7 +24,7 @@ def generate_keys(out_dir: Path | str, content_key: bool = False) -> dict[str, P
         paths["content"] = out / "content.key"
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing:
-        raise KeyError_(f"key file(s) {existing} already exist; choose another --out or move them away.")
+        raise KeyFileError(f"key file(s) {existing} already exist; choose another --out or move them away.")
     key = Ed25519PrivateKey.generate()
     write_private(paths["private"], key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                        serialization.NoEncryption()))
@@ -43,7 +39,7 @@ def _read(path: Path | str, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise KeyError_(f"cannot read {what} {str(path)!r}: {exc.strerror}.") from None
+        raise KeyFileError(f"cannot read {what} {str(path)!r}: {exc.strerror}.") from None
 
 
 def load_private_key(path: Path | str):  # type: ignore[no-untyped-def]
@@ -53,9 +49,9 @@ def load_private_key(path: Path | str):  # type: ignore[no-untyped-def]
     try:
         key = serialization.load_pem_private_key(_read(path, "signing key"), password=None)
     except ValueError:
-        raise KeyError_(f"{str(path)!r} is not a PEM private key; make one with `edgeship keygen`.") from None
+        raise KeyFileError(f"{str(path)!r} is not a PEM private key; make one with `edgeship keygen`.") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise KeyError_(f"{str(path)!r} is not an Ed25519 key; make one with `edgeship keygen`.")
+        raise KeyFileError(f"{str(path)!r} is not an Ed25519 key; make one with `edgeship keygen`.")
     return key
 
 
@@ -70,17 +66,17 @@ def load_public_keys(paths: list[Path | str] | Path | str):  # type: ignore[no-u
         try:
             key = serialization.load_pem_public_key(_read(path, "public key"))
         except ValueError:
-            raise KeyError_(f"{str(path)!r} is not a PEM public key (signing.pub from `edgeship keygen`).") from None
+            raise KeyFileError(f"{str(path)!r} is not a PEM public key (signing.pub from `edgeship keygen`).") from None
         if not isinstance(key, Ed25519PublicKey):
-            raise KeyError_(f"{str(path)!r} is not an Ed25519 public key.")
+            raise KeyFileError(f"{str(path)!r} is not an Ed25519 public key.")
         keys.append(key)
     if not keys:
-        raise KeyError_("no trusted public key given; pass --trust signing.pub.")
+        raise KeyFileError("no trusted public key given; pass --trust signing.pub.")
     return keys
 
 
 def load_content_key(path: Path | str) -> bytes:
     data = _read(path, "content key")
     if len(data) != 32:
-        raise KeyError_(f"{str(path)!r} holds {len(data)} bytes; a content key is 32 bytes (`edgeship keygen --content-key`).")
+        raise KeyFileError(f"{str(path)!r} holds {len(data)} bytes; a content key is 32 bytes (`edgeship keygen --content-key`).")
     return data

@@ -13,6 +13,12 @@ __all__ = [
     "PassNotApplicableError",
     "PassFailedError",
     "ConfigError",
+    "BundleError",
+    "KeyFileError",
+    "RollbackStateError",
+    "ProtocolError",
+    "RepoError",
+    "FleetError",
 ]
 
 
@@ -42,3 +48,34 @@ class PassFailedError(EdgeshipError):
 
 class ConfigError(EdgeshipError):
     """A configuration value is out of range or of the wrong type."""
+
+
+# -- the device side ---------------------------------------------------------------------
+
+
+class BundleError(EdgeshipError):
+    """The bundle is not authentic, not intact, not decryptable, or not allowed (rollback)."""
+
+
+class KeyFileError(EdgeshipError):
+    """A key file is missing, unreadable, or not a key of the expected kind."""
+
+
+class RollbackStateError(EdgeshipError):
+    """The anti-rollback state file cannot be trusted."""
+
+
+class ProtocolError(EdgeshipError):
+    """A request the server refuses; ``status`` is the HTTP status to answer with (4xx for the client's fault)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RepoError(EdgeshipError):
+    """The update repository is missing, damaged, or the request does not fit it."""
+
+
+class FleetError(EdgeshipError):
+    """The fleet service cannot be reached or refused a request."""

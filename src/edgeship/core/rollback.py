@@ -9,15 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeship.core.errors import EdgeshipError
+from edgeship.core.errors import RollbackStateError
 from edgeship.core.files import atomic_write_bytes
 from edgeship.core.names import StateDir
 
 __all__ = ["RollbackStateError", "accepted_versions", "record_accepted", "check_not_older"]
-
-
-class RollbackStateError(EdgeshipError):
-    """The anti-rollback state file cannot be trusted, or a version is older than one accepted."""
 
 
 def _state_file(state_dir: Path | str) -> Path:

@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import time
 import uuid
 from collections.abc import Iterator

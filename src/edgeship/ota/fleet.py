@@ -18,7 +18,7 @@ from typing import Any, Optional
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
-from edgeship.errors import EdgeshipError
+from edgeship.core.errors import FleetError
 
 __all__ = ["create_fleet_app", "fetch_status", "FleetError", "Report"]
 
@@ -37,10 +37,6 @@ CREATE TABLE IF NOT EXISTS devices (
 )
 """
 _FIELDS = ("device_id", "model", "channel", "version", "slot", "health", "last_error", "message")
-
-
-class FleetError(EdgeshipError):
-    """The fleet service could not be reached or answered with an error."""
 
 
 class Report(BaseModel):

@@ -28,17 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeship.core.errors import RepoError
 from edgeship.core.files import atomic_write_bytes, write_private
-from edgeship.errors import ConfigError, EdgeshipError
+from edgeship.errors import ConfigError
 
 __all__ = ["RepoError", "RepoSettings", "init_repo", "publish", "set_rollout", "refresh_timestamp", "CHANNELS"]
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 CHANNELS = ("stable", "canary")
-
-
-class RepoError(EdgeshipError):
-    """The update repository is missing, damaged, or the request does not fit it."""
 
 
 @dataclass(frozen=True)

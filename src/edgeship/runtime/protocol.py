@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeship.core.errors import EdgeshipError
+from edgeship.core.errors import EdgeshipError, ProtocolError
 from edgeship.core.signature import shape_fits, shown_shape
 
 __all__ = [
@@ -55,14 +55,6 @@ DATATYPES = {
 #: bounds on what one request may ask for
 MAX_CLASSIFICATION = 1000
 _TO_OIP = {v: k for k, v in DATATYPES.items()}
-
-
-class ProtocolError(EdgeshipError):
-    """A request the server refuses; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def oip_datatype(numpy_name: str) -> str:
