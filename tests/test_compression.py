@@ -16,7 +16,7 @@ from edgeship.passes import PASSES, PassContext
 from edgeship.passes.base import pass_from_dict
 from edgeship.recipes import Recipe, auto_recipes
 
-FAST = edgeship.EvalSettings(runs=20, rounds=2, warmup=3, measure_memory=False)
+FAST = edgeship.EvalSettings(runs=20, rounds=5, warmup=3, measure_memory=False)  # 5 rounds: a real speed interval
 
 
 @pytest.fixture()

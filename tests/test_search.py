@@ -12,7 +12,7 @@ import pytest
 import edgeship
 from edgeship.errors import ConfigError
 
-FAST = edgeship.EvalSettings(runs=20, rounds=2, warmup=3)
+FAST = edgeship.EvalSettings(runs=20, rounds=5, warmup=3)  # 5 rounds: a real speed interval, not t(1)'s
 
 
 pytestmark = pytest.mark.usefixtures("private_cache")  # host measurements cached per module, not in ~/.cache

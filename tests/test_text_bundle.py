@@ -62,7 +62,7 @@ def test_runtime_tokenizes_on_the_device_and_answers_with_labels(text_bundle, ke
 def test_optimize_folder_packs_its_tokenizer_and_labels(classifier, tiny_classifier_dir, keys, tmp_path,
                                                         sentences_file):
     result = edgeship.optimize(classifier, data=sentences_file, recipes="dynamic-int8-pc",
-                               settings=edgeship.EvalSettings(runs=20, rounds=2, warmup=2, text_max_length=24),
+                               settings=edgeship.EvalSettings(runs=20, rounds=5, warmup=2, text_max_length=24),
                                budget=edgeship.Budget(max_accuracy_drop=1.0, min_speedup=0.01))
     out = result.report(tmp_path / "report")
     info = json.loads((out / "report.json").read_text())["model_info"]
