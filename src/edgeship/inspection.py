@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from pathlib import Path
+
 from edgeship.model import Model
 
 __all__ = ["inspect_model", "fit_report"]
 
 
 def inspect_model(model: Any, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
-    """Inputs, outputs, opsets, op histogram, params, MACs (per sample, batch 1) and size."""
+    """Inputs, outputs, opsets, op histogram, params, MACs (per sample, batch 1) and size; for a GGUF
+    file, its architecture, shapes, tensor types, context length and KV-cache bytes per token."""
     import onnx
+
+    if isinstance(model, (str, Path)) and str(model).lower().endswith(".gguf"):
+        from edgeship.importers.gguf_file import read_gguf
+
+        return read_gguf(model).summary()
 
     from edgeship.evaluate.graph import op_histogram, opsets
     from edgeship.importers import load

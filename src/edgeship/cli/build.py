@@ -195,6 +195,8 @@ def inspect(
 
     def work() -> Any:
         shapes = parse_shapes(shape or [])
+        if model.lower().endswith(".gguf") and target is not None:
+            raise ConfigError("--target fit reports for GGUF models are not built yet; inspect without --target.")
         info = inspect_model(model, shapes)
         if target is not None:
             info["estimate"] = fit_report(model, target, shapes, threads, request_rate, max_latency_ms)
@@ -203,6 +205,9 @@ def inspect(
     info = guard(work)
     if as_json:
         print_json(info)
+        return
+    if info.get("format") == "gguf":
+        _print_gguf(info)
         return
     io = Table(title=f"{info['source']}", title_justify="left")
     for col in ("", "name", "dtype", "shape"):
@@ -223,6 +228,25 @@ def inspect(
     console.print(summary)
     if "estimate" in info:
         _print_fit(info["estimate"])
+
+
+def _print_gguf(info: dict[str, Any]) -> None:
+    from edgeship.report.writer import fmt_bytes
+
+    table = Table(title=f"{info['path']} (GGUF v{info['version']})", title_justify="left", show_header=False)
+    kv = info["kv_cache_bytes_per_token_fp16"]
+    for label, value in (("architecture", info["architecture"]), ("name", info["name"]),
+                         ("params", f"{info['params']:,}"), ("size", fmt_bytes(info["size_bytes"])),
+                         ("tensor types", ", ".join(f"{k} {v}" for k, v in info["tensor_types"].items())),
+                         ("layers / width", f"{info['layers']} / {info['embedding_length']}"),
+                         ("heads / KV heads", f"{info['heads']} / {info['kv_heads']}"),
+                         ("context length", info["context_length"]), ("vocabulary", info["vocab_size"]),
+                         ("chat template", "yes" if info["chat_template"] else "no"),
+                         ("KV cache per token (fp16)", fmt_bytes(kv) if kv else "unknown"),
+                         ("KV cache at full context", fmt_bytes(kv * info["context_length"])
+                          if kv and info["context_length"] else "unknown")):
+        table.add_row(label, str(value))
+    console.print(table)
 
 
 def _print_fit(est: dict[str, Any]) -> None:
