@@ -126,3 +126,36 @@ def test_the_bundled_smollm2_file():
     s = read_gguf(path).summary()
     assert s["architecture"] == "llama" and s["layers"] == 30 and s["kv_heads"] == 3
     assert 130e6 < s["params"] < 140e6 and s["tensor_types"]["Q4_1"] > 200 and s["chat_template"]
+
+
+def _profile(ram_mb: float, bandwidth_gbs: float = 10.0):
+    from edgeship.targets.profiles import profile_from_dict
+
+    figures = {"id": "test-device", "name": "test", "cores": 4, "fp32_macs_per_cycle": 8, "int8_macs_per_cycle": 32,
+               "mem_bandwidth_gbs": bandwidth_gbs, "ram_mb": ram_mb, "storage_mb": 1024, "idle_power_w": 1.0,
+               "runtimes": ["llama.cpp"], "dvfs": [{"name": "max", "freq_ghz": 2.0, "power_w": 5.0}]}
+    return profile_from_dict({**figures, "sources": {k: "test figure" for k in figures}}, "test")
+
+
+def test_llm_fit_counts_weights_kv_cache_and_working_buffers(tiny_gguf):
+    from edgeship.targets.llm_fit import llm_fit
+
+    info = read_gguf(tiny_gguf)
+    fit = llm_fit(info, _profile(ram_mb=1.0), context=100)
+    weights, per_token = 3 * 64 * 4 + 64 * 64 * 2, 2 * 2 * 16 * 2 * 2
+    working = 4 * (3 + 4 * 64 + 2 * 4 * 64)  # logits + activations; no feed_forward_length: 4 x width
+    assert fit["memory_breakdown_bytes"] == {"weights": weights, "kv_cache": per_token * 100, "working": working}
+    assert fit["fits"] and fit["longest_context"] == 128  # RAM holds more: capped at the trained context
+    assert fit["decode_tokens_per_s_bound"] == pytest.approx(10e9 / (weights + per_token * 100))
+    small = llm_fit(info, _profile(ram_mb=(weights + working + per_token * 50.5) / 2**20), context=100)
+    assert not small["fits"] and small["longest_context"] == 50 and "at 100 tokens of context" in small["reasons"][0]
+
+
+def test_inspect_gguf_with_a_target(tiny_gguf):
+    from typer.testing import CliRunner
+
+    from edgeship.cli import app
+
+    result = CliRunner().invoke(app, ["inspect", str(tiny_gguf), "--target", "esp32-s3", "--context", "64", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"longest_context"' in result.output and '"context": 64' in result.output

@@ -188,15 +188,24 @@ def inspect(
     threads: Annotated[int, typer.Option("--threads", min=1, help="Threads for the estimate and the host measurement.")] = 2,
     request_rate: Annotated[float, typer.Option("--request-rate", help="Requests per second, for the idle share of energy.")] = 1.0,
     max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", help="Latency budget for choosing the DVFS state.")] = None,
+    context: Annotated[Optional[int], typer.Option("--context", min=1, help="GGUF models: tokens of context for the fit report (default: the model's).")] = None,
 ) -> None:
-    """Inputs and outputs, opset, op histogram, params, MACs and size; with --target, a fit report."""
+    """Inputs and outputs, opset, op histogram, params, MACs and size; with --target, a fit report.
+    A GGUF file shows its architecture and KV cache; with --target, memory, longest context and a decode bound."""
     from edgeship.inspection import fit_report, inspect_model
     from edgeship.report.writer import fmt_bytes
 
     def work() -> Any:
         shapes = parse_shapes(shape or [])
-        if model.lower().endswith(".gguf") and target is not None:
-            raise ConfigError("--target fit reports for GGUF models are not built yet; inspect without --target.")
+        if model.lower().endswith(".gguf"):
+            info = inspect_model(model)
+            if target is not None:
+                from edgeship.importers.gguf_file import read_gguf
+                from edgeship.targets import load_profile
+                from edgeship.targets.llm_fit import llm_fit
+
+                info["fit"] = llm_fit(read_gguf(model), load_profile(target), context)
+            return info
         info = inspect_model(model, shapes)
         if target is not None:
             info["estimate"] = fit_report(model, target, shapes, threads, request_rate, max_latency_ms)
@@ -247,6 +256,14 @@ def _print_gguf(info: dict[str, Any]) -> None:
                           if kv and info["context_length"] else "unknown")):
         table.add_row(label, str(value))
     console.print(table)
+    fit = info.get("fit")
+    if fit:
+        b = fit["memory_breakdown_bytes"]
+        console.print(f"fit on {fit['target']} (estimate) at {fit['context']} tokens: {fmt_bytes(fit['memory_bytes'])} "
+                      f"(weights {fmt_bytes(b['weights'])}, KV cache {fmt_bytes(b['kv_cache'])}, working "
+                      f"{fmt_bytes(b['working'])}); longest context that fits: {fit['longest_context']:,} tokens; "
+                      f"decode at most {fit['decode_tokens_per_s_bound']:.0f} tokens/s (memory bandwidth); "
+                      + ("fits" if fit["fits"] else "does NOT fit: " + "; ".join(fit["reasons"])), highlight=False)
 
 
 def _print_fit(est: dict[str, Any]) -> None:
