@@ -148,8 +148,10 @@ class Runtime:
         return self.rank(self.predict({TEXT_INPUT: list(texts)})[name], top)
 
     def rank(self, scores: np.ndarray, top: int = 1) -> list[list[tuple[str, float]]]:
-        """For each row of [batch, classes] scores, the ``top`` (label, score) pairs, best first."""
-        from edgeship.runtime.text import classify
+        """For each row of [batch, classes] scores, the ``top`` (label, score) pairs, best first (the
+        class index stands in for a label the bundle does not have)."""
+        from edgeship.runtime.text import top_classes
 
-        rows = classify(scores, self.labels, top)
-        return [[(entry.split(":", 2)[-1], float(entry.split(":", 1)[0])) for entry in row] for row in rows]
+        labels = self.labels
+        return [[(labels[i] if i < len(labels) else str(i), float(row[i])) for i in indices]
+                for row, indices in zip(scores, top_classes(scores, top))]

@@ -10,7 +10,7 @@ import numpy as np
 
 from edgeship.core.errors import DataMismatchError, EdgeshipError
 
-__all__ = ["TextEncoder", "classify", "MAX_TEXTS", "MAX_TEXT_CHARS"]
+__all__ = ["TextEncoder", "classify", "top_classes", "MAX_TEXTS", "MAX_TEXT_CHARS"]
 
 #: bounds on one request's text: rows and characters per text
 MAX_TEXTS = 1024
@@ -68,14 +68,16 @@ class TextEncoder:
                 for name, attr in self.fields.items()}
 
 
+def top_classes(scores: np.ndarray, top: int) -> np.ndarray:
+    """For each row of [batch, classes] scores, the indices of the ``top`` best classes, best first."""
+    if scores.ndim != 2:
+        raise DataMismatchError(f"classification needs [batch, classes] scores, got shape {list(scores.shape)}.")
+    return np.argsort(-scores, axis=1, kind="stable")[:, :max(1, min(int(top), scores.shape[1]))]
+
+
 def classify(scores: np.ndarray, labels: Sequence[str], top: int) -> np.ndarray:
     """The Open Inference Protocol's classification answer: for each row, the ``top`` classes as
     ``"score:index:label"`` strings (label omitted when the bundle has none), best first."""
-    if scores.ndim != 2:
-        raise DataMismatchError(f"classification needs [batch, classes] scores, got shape {list(scores.shape)}.")
-    top = max(1, min(int(top), scores.shape[1]))
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :top]
-    rows = []
-    for row, indices in zip(scores, order):
-        rows.append([f"{row[i]:g}:{i}" + (f":{labels[i]}" if i < len(labels) else "") for i in indices])
+    rows = [[f"{row[i]:g}:{i}" + (f":{labels[i]}" if i < len(labels) else "") for i in indices]
+            for row, indices in zip(scores, top_classes(scores, top))]
     return np.array(rows, dtype=object)
