@@ -1,7 +1,8 @@
 """Run the edgeship CLI as on a device-only install (``pip install edgeship[runtime]``): the
 build side's frameworks cannot be imported, so any code path that needs them fails loudly.
 
-Usage: python tests/device_only.py serve BUNDLE ... (the arguments of ``edgeship``)
+Usage: python tests/device_only.py serve BUNDLE ... (the arguments of ``edgeship``), or
+       python tests/device_only.py --code "python code"
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ class _NotOnDevice:
 
 if __name__ == "__main__":
     sys.meta_path.insert(0, _NotOnDevice())
+    if sys.argv[1:2] == ["--code"]:  # python tests/device_only.py --code "..." runs Python code instead
+        exec(compile(sys.argv[2], "<device code>", "exec"), {"__name__": "__device__"})
+        sys.exit(0)
     from edgeship.cli import main
 
     sys.argv[0] = "edgeship"

@@ -8,9 +8,10 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "edgeship"
 #: what runs on a device (edgeship[runtime]); bundle/pack.py is the build side's bundle writer
 DEVICE = [*sorted((SRC / "runtime").glob("*.py")), *sorted((SRC / "ota").glob("*.py")),
+          *sorted((SRC / "engines").glob("*.py")),
           SRC / "bundle" / "format.py", SRC / "bundle" / "keys.py", SRC / "bundle" / "__init__.py"]
 DEVICE_MAY_IMPORT = ("edgeship.core", "edgeship.bundle.format", "edgeship.bundle.keys", "edgeship.bundle",
-                     "edgeship.runtime", "edgeship.ota", "edgeship.errors")
+                     "edgeship.runtime", "edgeship.ota", "edgeship.engines", "edgeship.errors")
 CORE_MAY_IMPORT = ("edgeship.core",)
 
 

@@ -1,0 +1,110 @@
+"""ONNX Runtime GenAI: build a causal LM into its ONNX format (fp32, int8 or int4 weights) with the
+model builder, and generate with a KV cache on the device (numpy + onnxruntime-genai; no torch).
+
+Building needs the build side (transformers, torch); generating needs only ``onnxruntime-genai``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from edgeship.core.errors import ConfigError, EdgeshipError, InvalidModelError
+
+__all__ = ["build_genai", "GenAIModel", "Sampling"]
+
+Precision = Literal["fp32", "int8", "int4"]
+
+
+def build_genai(model_dir: Path | str, out: Path | str, precision: Precision = "int4",
+                **extra_options: Any) -> Path:
+    """Run ONNX Runtime GenAI's model builder on a Hugging Face causal-LM directory (CPU execution).
+
+    ``extra_options`` are the builder's (e.g. ``int4_block_size=32``, ``int4_accuracy_level=4``)."""
+    if precision not in ("fp32", "int8", "int4"):
+        raise ConfigError(f"precision must be fp32, int8 or int4, got {precision!r}.")
+    if importlib.util.find_spec("onnxruntime_genai") is None:
+        raise ConfigError("building for ONNX Runtime GenAI needs onnxruntime-genai: pip install 'edgeship[llm]'.")
+    model_dir, out = Path(model_dir), Path(out)
+    if not (model_dir / "config.json").is_file():
+        raise InvalidModelError(f"{str(model_dir)!r} is not a Hugging Face model directory (no config.json).")
+    out.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(model_dir), "-i", str(model_dir),
+               "-o", str(out), "-p", precision, "-e", "cpu", "-c", str(out / ".cache")]
+    if extra_options:  # the builder's documented command line, as its README gives it
+        command += ["--extra_options", *(f"{k}={v}" for k, v in extra_options.items())]
+    done = subprocess.run(command, capture_output=True, text=True)
+    shutil.rmtree(out / ".cache", ignore_errors=True)
+    if done.returncode != 0 or not (out / "genai_config.json").is_file():
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        raise InvalidModelError(f"ONNX Runtime GenAI's builder refused {str(model_dir)!r}: {last}")
+    return out
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is picked; ``temperature=0`` is greedy. ``seed`` makes sampling repeatable."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 1 or self.repetition_penalty <= 0:
+            raise ConfigError(f"sampling needs temperature >= 0, 0 < top_p <= 1, top_k >= 1 and a positive "
+                              f"repetition penalty; got {self}.")
+
+    def options(self) -> dict[str, Any]:
+        if self.temperature == 0:
+            return {"do_sample": False, "repetition_penalty": self.repetition_penalty}
+        out = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+               "repetition_penalty": self.repetition_penalty}
+        if self.seed is not None:
+            out["random_seed"] = int(self.seed)
+        return out
+
+
+class GenAIModel:
+    """A built model folder, opened for generation."""
+
+    def __init__(self, folder: Path | str) -> None:
+        try:
+            import onnxruntime_genai as og
+        except ImportError:
+            raise ConfigError("generating needs onnxruntime-genai: pip install 'edgeship[llm]'.") from None
+        self._og = og
+        try:
+            self.model = og.Model(str(folder))
+            self.tokenizer = og.Tokenizer(self.model)
+        except Exception as exc:  # onnxruntime-genai raises RuntimeError for a folder it cannot load
+            raise EdgeshipError(f"ONNX Runtime GenAI cannot load {str(folder)!r}: {str(exc).splitlines()[0]}") from None
+
+    def encode(self, text: str) -> list[int]:
+        return [int(t) for t in self.tokenizer.encode(text)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling()) -> Iterator[int]:
+        """Generate token ids one at a time (the KV cache stays in the generator)."""
+        if max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+        og = self._og
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(prompt_ids) + max_new_tokens, **sampling.options())
+        generator = og.Generator(self.model, params)
+        generator.append_tokens(list(prompt_ids))
+        while not generator.is_done():
+            generator.generate_next_token()
+            yield int(generator.get_next_tokens()[0])
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling()) -> list[int]:
+        return list(self.stream(prompt_ids, max_new_tokens, sampling))

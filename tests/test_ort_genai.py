@@ -1,0 +1,93 @@
+"""ONNX Runtime GenAI as the causal-LM engine: built from a Hugging Face directory, it generates with
+a KV cache; in fp32 its greedy tokens are torch's, and generation needs no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime_genai")
+
+from edgeship.engines.ort_genai import GenAIModel, Sampling, build_genai  # noqa: E402
+
+PROMPT = "the quick brown fox"
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_bpe(tmp_path_factory) -> Path:
+    """A 2-layer random llama with a byte-level BPE tokenizer trained here (ONNX Runtime GenAI's
+    tokenizer reads GPT-2/llama-style tokenizers, not BERT's)."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from edgeship.demo import demo_sentences
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(demo_sentences(), trainers.BpeTrainer(
+        vocab_size=512, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = transformers.GPT2TokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>",
+                                               eos_token="<|endoftext|>")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=256, bos_token_id=0, eos_token_id=0)
+    root = tmp_path_factory.mktemp("tiny-llama-bpe")
+    transformers.LlamaForCausalLM(config).save_pretrained(root, safe_serialization=True)
+    tokenizer.save_pretrained(root)
+    return root
+
+
+def _torch_greedy(model_dir: Path, ids: list[int], n: int) -> list[int]:
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=None)
+    return out[0, len(ids):].tolist()
+
+
+def test_fp32_build_generates_torchs_greedy_tokens(tiny_llama_bpe, tmp_path):
+    model = GenAIModel(build_genai(tiny_llama_bpe, tmp_path / "fp32", "fp32"))
+    ids = model.encode(PROMPT)
+    assert model.decode(ids) == PROMPT
+    assert model.generate(ids, 8) == _torch_greedy(tiny_llama_bpe, ids, 8)
+
+
+def test_int4_build_is_smaller_and_sampling_is_seeded(tiny_llama_bpe, tmp_path):
+    fp32 = build_genai(tiny_llama_bpe, tmp_path / "fp32", "fp32")
+    int4 = build_genai(tiny_llama_bpe, tmp_path / "int4", "int4")
+    size = lambda d: sum(p.stat().st_size for p in Path(d).glob("model.onnx*"))  # noqa: E731
+    assert size(int4) < 0.5 * size(fp32)
+    model = GenAIModel(int4)
+    ids = model.encode(PROMPT)
+    sampled = Sampling(temperature=1.0, top_p=0.95, top_k=40, seed=7)
+    first, again = model.generate(ids, 12, sampled), model.generate(ids, 12, sampled)
+    assert first == again and len(first) == 12 and all(0 <= t < 512 for t in first)
+
+
+def test_bad_sampling_and_a_missing_model_are_clear_errors(tmp_path):
+    import edgeship
+
+    with pytest.raises(edgeship.EdgeshipError, match="top_p"):
+        Sampling(temperature=1.0, top_p=0.0)
+    with pytest.raises(edgeship.EdgeshipError, match="not a Hugging Face model directory"):
+        build_genai(tmp_path, tmp_path / "out")
+
+
+def test_generation_needs_no_torch(tiny_llama_bpe, tmp_path):
+    folder = build_genai(tiny_llama_bpe, tmp_path / "int4", "int4")
+    code = ("from edgeship.engines.ort_genai import GenAIModel\n"
+            f"m = GenAIModel({str(folder)!r})\n"
+            "print(len(m.generate(m.encode('the quick brown fox'), 5)))\n"
+            "import sys; assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n")
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("device_only.py")), "--code", code],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "5"
