@@ -37,6 +37,25 @@ class CausalLM:
     def chat_template(self) -> str | None:
         return getattr(self.tokenizer, "chat_template", None)
 
+    def save(self, out: Path | str) -> Path:
+        """A Hugging Face directory of the float model (safetensors), its config and tokenizer: what
+        engine builders (ONNX Runtime GenAI's) take. A GGUF import is saved as the float model it
+        dequantized to (transformers will not save a GGUF-loaded model itself)."""
+        import json
+
+        from safetensors.torch import save_model
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_model(self.model, str(out / "model.safetensors"))  # handles tied embeddings
+        config = self.model.config.to_dict()
+        config.pop("quantization_config", None)  # the GGUF's; these weights are float
+        config["architectures"] = [type(self.model).__name__]
+        config["torch_dtype"] = config["dtype"] = "float32"
+        (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        self.tokenizer.save_pretrained(str(out))
+        return out
+
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         """The model's own chat template applied to ``messages``, ready for the assistant's turn."""
         if not self.chat_template:
