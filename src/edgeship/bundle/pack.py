@@ -102,9 +102,9 @@ def text_settings(tokenizer: Path, inputs: list[Any], max_length: int) -> tuple[
         data, pad_token, pad_id = hf.backend_tokenizer.to_str().encode(), hf.pad_token, hf.pad_token_id
     elif path.is_file():
         data = path.read_bytes()
-        pad_token = next((t for t in ("[PAD]", "<pad>") if Tokenizer.from_str(data.decode()).token_to_id(t) is not None),
-                         None)
-        pad_id = Tokenizer.from_str(data.decode()).token_to_id(pad_token) if pad_token else None
+        parsed = Tokenizer.from_str(data.decode())
+        pad_token = next((t for t in ("[PAD]", "<pad>") if parsed.token_to_id(t) is not None), None)
+        pad_id = parsed.token_to_id(pad_token) if pad_token else None
     else:
         raise ConfigError(f"--tokenizer {str(path)!r} is neither a Hugging Face directory nor a tokenizer.json.")
     if pad_id is None:

@@ -131,8 +131,8 @@ class Runtime:
         if self.text is None:
             raise RuntimeInputError(f"{self.manifest['name']} takes tensors, not text: it was packed without a "
                                     "tokenizer (pack --tokenizer).")
-        return {s["name"]: v.astype(s["dtype"]) for s, v in
-                zip(self.manifest["inputs"], (self.text.encode(texts)[s["name"]] for s in self.manifest["inputs"]))}
+        encoded = self.text.encode(texts)  # once: every input (ids, mask, types) comes from the same encodings
+        return {s["name"]: encoded[s["name"]].astype(s["dtype"]) for s in self.manifest["inputs"]}
 
     def predict(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
         """Check names, dtypes and shapes against the manifest, then run. A text bundle also takes
