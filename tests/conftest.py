@@ -197,3 +197,56 @@ def make_tiny_hf(kind: str, root: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_classifier_dir(tmp_path_factory) -> Path:
     return make_tiny_hf("BertForSequenceClassification", tmp_path_factory.mktemp("tiny-classifier"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_bpe(tmp_path_factory) -> Path:
+    """A 2-layer random llama with a byte-level BPE tokenizer trained here (ONNX Runtime GenAI's
+    tokenizer reads GPT-2/llama-style tokenizers, not BERT's)."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from edgeship.demo import demo_sentences
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(demo_sentences(), trainers.BpeTrainer(
+        vocab_size=512, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = transformers.GPT2TokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>",
+                                               eos_token="<|endoftext|>")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=256, bos_token_id=0, eos_token_id=0)
+    root = tmp_path_factory.mktemp("tiny-llama-bpe")
+    transformers.LlamaForCausalLM(config).save_pretrained(root, safe_serialization=True)
+    tokenizer.save_pretrained(root)
+    return root
+
+
+def snap_to_q4_1(model_dir: Path, out: Path) -> Path:
+    """A copy of a Hugging Face model whose Linear weights lie on GGUF's Q4_1 grid (blocks of 32 along
+    the input, w = d * q + min): what a model imported from a Q4_1 GGUF file looks like."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                w = module.weight.view(module.weight.shape[0], -1, 32)
+                lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+                d = ((hi - lo) / 15).half().float()  # Q4_1 keeps d and min in fp16
+                lo = lo.half().float()
+                q = torch.clamp(torch.round((w - lo) / d), 0, 15)
+                module.weight.copy_((q * d + lo).view_as(module.weight))
+    model.save_pretrained(out, safe_serialization=True)
+    transformers.AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_q41(tiny_llama_bpe, tmp_path_factory) -> Path:
+    return snap_to_q4_1(tiny_llama_bpe, tmp_path_factory.mktemp("tiny-llama-q41"))

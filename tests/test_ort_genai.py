@@ -16,33 +16,6 @@ from edgeship.engines.ort_genai import GenAIModel, Sampling, build_genai  # noqa
 PROMPT = "the quick brown fox"
 
 
-@pytest.fixture(scope="module")
-def tiny_llama_bpe(tmp_path_factory) -> Path:
-    """A 2-layer random llama with a byte-level BPE tokenizer trained here (ONNX Runtime GenAI's
-    tokenizer reads GPT-2/llama-style tokenizers, not BERT's)."""
-    import torch
-    import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    from edgeship.demo import demo_sentences
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(demo_sentences(), trainers.BpeTrainer(
-        vocab_size=512, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = transformers.GPT2TokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>",
-                                               eos_token="<|endoftext|>")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=256, bos_token_id=0, eos_token_id=0)
-    root = tmp_path_factory.mktemp("tiny-llama-bpe")
-    transformers.LlamaForCausalLM(config).save_pretrained(root, safe_serialization=True)
-    tokenizer.save_pretrained(root)
-    return root
-
-
 def _torch_greedy(model_dir: Path, ids: list[int], n: int) -> list[int]:
     import torch
     import transformers

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from edgeship.core.errors import ConfigError, EdgeshipError, InvalidModelError
 
-__all__ = ["build_genai", "GenAIModel", "Sampling"]
+__all__ = ["build_genai", "GenAIModel", "Sampling", "TokenScores", "Timing"]
 
 Precision = Literal["fp32", "int8", "int4"]
 
@@ -45,6 +45,45 @@ def build_genai(model_dir: Path | str, out: Path | str, precision: Precision = "
         last = (done.stderr.strip().splitlines() or ["no output"])[-1][:300]
         raise InvalidModelError(f"ONNX Runtime GenAI's builder refused {str(model_dir)!r}: {last}")
     return out
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Next-token losses over a text: perplexity, and the top-1 prediction at every position."""
+
+    nll: float  # summed negative log-likelihood (nats)
+    count: int
+    top1: tuple[int, ...]
+
+    @property
+    def perplexity(self) -> float:
+        import math
+
+        return math.exp(self.nll / self.count)
+
+    def agreement(self, reference: "TokenScores") -> float:
+        """The share of positions where this model's top-1 next token is the reference's."""
+        if len(reference.top1) != len(self.top1):
+            raise ConfigError("next-token agreement needs both models scored on the same tokens.")
+        return sum(a == b for a, b in zip(self.top1, reference.top1)) / max(1, len(self.top1))
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One generation, timed: the prompt (to the first token) and the decode of the rest."""
+
+    prompt_tokens: int
+    prompt_s: float
+    decode_tokens: int
+    decode_s: float
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens / self.prompt_s
+
+    @property
+    def decode_tps(self) -> float:
+        return self.decode_tokens / self.decode_s if self.decode_tokens else 0.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +120,8 @@ class GenAIModel:
         except ImportError:
             raise ConfigError("generating needs onnxruntime-genai: pip install 'edgeship[llm]'.") from None
         self._og = og
+        self.folder = Path(folder)
+        self._session: Any = None
         try:
             self.model = og.Model(str(folder))
             self.tokenizer = og.Tokenizer(self.model)
@@ -105,6 +146,72 @@ class GenAIModel:
         while not generator.is_done():
             generator.generate_next_token()
             yield int(generator.get_next_tokens()[0])
+
+    def timed(self, prompt_ids: Sequence[int], new_tokens: int, clock: Any = None) -> Timing:
+        """Greedy generation of exactly ``new_tokens`` (end-of-sequence ignored), timed by ``clock``."""
+        import time
+
+        clock = clock or time.perf_counter
+        og = self._og
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(prompt_ids) + new_tokens, min_length=len(prompt_ids) + new_tokens,
+                                  do_sample=False)
+        generator = og.Generator(self.model, params)
+        start = clock()
+        generator.append_tokens(list(prompt_ids))
+        generator.generate_next_token()
+        generator.get_next_tokens()  # the token is computed by the time it is read
+        first = clock()
+        n = 0
+        while n < new_tokens - 1 and not generator.is_done():
+            generator.generate_next_token()
+            generator.get_next_tokens()
+            n += 1
+        return Timing(len(prompt_ids), first - start, n, clock() - first)
+
+    def scores(self, ids: Sequence[int], window: int = 512, threads: int | None = None) -> TokenScores:
+        """Next-token losses over ``ids`` in consecutive windows, from the built ONNX graph itself
+        (plain ONNX Runtime: the same weights and kernels that generate)."""
+        import numpy as np
+
+        from edgeship.core.session import open_session
+
+        if len(ids) < 2 or window < 2:
+            raise ConfigError("scoring needs at least 2 tokens and a window of at least 2.")
+        session = self._scoring_session(open_session, threads)
+        dims = self._kv_dims()
+        names = [i.name for i in session.get_inputs()]
+        nll, count, top1 = 0.0, 0, []
+        ids = np.asarray(ids, dtype=np.int64)
+        for start in range(0, len(ids) - 1, window):
+            chunk = ids[start:start + window + 1]
+            if len(chunk) < 2:
+                break
+            x = chunk[None, :-1]
+            feeds = {"input_ids": x, "attention_mask": np.ones_like(x)}
+            for name in names:
+                if name.startswith("past_key_values"):
+                    feeds[name] = np.zeros((1, dims[0], 0, dims[1]), np.float32)
+            if "position_ids" in names:
+                feeds["position_ids"] = np.arange(x.shape[1], dtype=np.int64)[None]
+            logits = session.run(["logits"], feeds)[0][0].astype(np.float64)
+            peak = logits.max(-1)
+            lse = peak + np.log(np.exp(logits - peak[:, None]).sum(-1))
+            nll += float((lse - logits[np.arange(len(chunk) - 1), chunk[1:]]).sum())
+            count += len(chunk) - 1
+            top1 += logits.argmax(-1).tolist()
+        return TokenScores(nll, count, tuple(int(t) for t in top1))
+
+    def _kv_dims(self) -> tuple[int, int]:
+        import json
+
+        decoder = json.loads((self.folder / "genai_config.json").read_text(encoding="utf-8"))["model"]["decoder"]
+        return int(decoder["num_key_value_heads"]), int(decoder["head_size"])
+
+    def _scoring_session(self, open_session: Any, threads: int | None) -> Any:
+        if self._session is None:
+            self._session = open_session(self.folder / "model.onnx", threads=threads or 2)
+        return self._session
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling()) -> list[int]:
         return list(self.stream(prompt_ids, max_new_tokens, sampling))
