@@ -12,7 +12,7 @@ rounds the offset (perplexity +28%). So the zero point is stored rounded, and th
 ``E = d * (round(zp) - zp)`` (one float per block) is added back exactly through the block sums of
 the input: ``x @ W = x @ W_int + blocksum(x) @ E``. The extra MatMul is 1/32 of the main one.
 
-The tied embedding and output layer become 8-bit symmetric blocks of 32 (the grid of GGUF's Q8_0,
+The embedding and a tied output layer become 8-bit symmetric blocks of 32 (the grid of GGUF's Q8_0,
 in which llama.cpp keeps them), shared between ``MatMulNBits`` and ``GatherBlockQuantized``.
 """
 
@@ -111,6 +111,19 @@ class _Rewriter:
         ]
         return nodes
 
+    def gather8(self, node, table: np.ndarray):  # type: ignore[no-untyped-def]
+        from onnx import helper
+
+        v, h = table.shape
+        q, scale = quantize_sym8(table.T)
+        base = node.input[0]
+        return helper.make_node(
+            "GatherBlockQuantized", [self.const(q.reshape(v, h), f"{base}_Q8"), node.input[1],
+                                     self.const(scale, f"{base}_scales"),
+                                     self.const(np.full((v, h // BLOCK), 128, np.uint8), f"{base}_zp")],
+            list(node.output), name=f"{node.name}_Q8", domain=_MS, gather_axis=0, quantize_axis=1, block_size=BLOCK,
+            bits=8)
+
     def int8(self, node, w: np.ndarray) -> tuple[list, str, str]:  # type: ignore[no-untyped-def]
         from onnx import helper
 
@@ -143,6 +156,11 @@ def blockmin_int4(fp32_folder: Path | str, out: Path | str) -> Path:
     nodes, skip, converted = [], {id(f) for _, f in tied.values()}, 0
     for node in model.graph.node:
         if id(node) in skip or (node.op_type == "Gather" and any(g is node for g, _ in tied.values())):
+            continue
+        table = rw.weights.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is not None and len(table.dims) == 2 and table.dims[1] % BLOCK == 0:  # an untied embedding
+            rw.dropped.add(node.input[0])
+            nodes.append(rw.gather8(node, rw.to_array(table)))
             continue
         w = rw.weight(node)
         if w is None:
