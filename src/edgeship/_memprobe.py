@@ -4,6 +4,8 @@ Imports only numpy and onnxruntime. It reads the resident set before the session
 creates the session and runs the feeds; the high-water mark ``VmHWM`` (which, unlike
 ``ru_maxrss``, starts afresh at ``execve``) minus the resident set before is the result.
 Usage: ``python -m edgeship._memprobe MODEL.onnx FEEDS.npz THREADS`` -> one JSON line.
+A generative model: ``python -m edgeship._memprobe --llm FOLDER CONTEXT`` fills ``CONTEXT`` tokens
+(a prompt, then 16 generated) through ONNX Runtime GenAI.
 """
 
 from __future__ import annotations
@@ -37,5 +39,22 @@ def probe(model_path: str, feeds_path: str, threads: int) -> dict[str, int]:
     return {"peak_memory_bytes": max(0, peak - before), "process_peak_rss_bytes": peak}
 
 
+def probe_llm(folder: str, context: int) -> dict[str, int]:
+    import onnxruntime_genai  # noqa: F401 - the library is not the model's memory
+
+    from edgeship.engines.ort_genai import GenAIModel
+
+    before = _status_kib("VmRSS") * 1024
+    model = GenAIModel(folder)
+    context = min(context, model.context_length)
+    prompt = (model.encode("The quick brown fox jumps over the lazy dog. ") * context)[: max(1, context - 16)]
+    model.timed(prompt, context - len(prompt))
+    peak = _status_kib("VmHWM") * 1024
+    return {"peak_memory_bytes": max(0, peak - before), "process_peak_rss_bytes": peak, "context": context}
+
+
 if __name__ == "__main__":
-    print(json.dumps(probe(sys.argv[1], sys.argv[2], int(sys.argv[3]))))
+    if sys.argv[1] == "--llm":
+        print(json.dumps(probe_llm(sys.argv[2], int(sys.argv[3]))))
+    else:
+        print(json.dumps(probe(sys.argv[1], sys.argv[2], int(sys.argv[3]))))

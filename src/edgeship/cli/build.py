@@ -118,13 +118,23 @@ def optimize(
     executor: Annotated[Executor, typer.Option("--executor", help="Where candidates are built: a local process pool, this process, or Ray.")] = Executor.process,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="An existing Ray cluster for --executor ray (default: start a local one).")] = None,
     seq_len: Annotated[int, typer.Option("--seq-len", min=1, help="Tokens per sentence for .txt data.")] = 64,
+    max_perplexity_increase: Annotated[float, typer.Option("--max-perplexity-increase", help="Generative models: the quality line, as a fraction over the float model's perplexity on --data.")] = 0.02,
+    context: Annotated[int, typer.Option("--context", min=17, help="Generative models: tokens in the cache when peak memory is measured.")] = 1024,
     out: Annotated[Path, typer.Option("--out", help="Report folder (replaced if it holds an earlier report).")] = Path("edgeship-out"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of tables.")] = False,
 ) -> None:
-    """Compress a model with each recipe, measure every candidate, and pick the best."""
+    """Compress a model with each recipe, measure every candidate, and pick the best.
+
+    A GGUF file or a Hugging Face causal LM takes the generative path: --data is held-out text,
+    candidates are engine builds (--recipes auto or int4-blockmin,int4,int8), and the gate is perplexity."""
     import edgeship
+    from edgeship.importers.causal_lm import is_causal_lm
     from edgeship.search.pipeline import plan_optimization
     from edgeship.report.writer import check_out_dir
+
+    if is_causal_lm(model):
+        _optimize_llm(model, data, out, recipes, objective, target, max_perplexity_increase, context, as_json)
+        return
 
     def work() -> Any:
         check_out_dir(out)
@@ -143,6 +153,41 @@ def optimize(
         return result
 
     _finish(guard(work), out, as_json)
+
+
+def _optimize_llm(model: str, data: Path, out: Path, recipes: str, objective: Objective, target: Optional[str],
+                  max_increase: float, context: int, as_json: bool) -> None:
+    from edgeship.report.llm import llm_rows
+    from edgeship.report.writer import check_out_dir
+    from edgeship.search.llm import CANDIDATES, LLMSettings, optimize_llm
+
+    def work() -> Any:
+        if objective not in (Objective.latency, Objective.size):
+            raise ConfigError(f"a generative model is chosen for latency (decode speed) or size, not {objective.value}.")
+        check_out_dir(out)
+        names = tuple(CANDIDATES) if recipes == "auto" else tuple(r.strip() for r in recipes.split(",") if r.strip())
+        settings = LLMSettings(candidates=names, max_perplexity_increase=max_increase, context=context,
+                               objective="decode" if objective is Objective.latency else "size")
+        progress, update = progress_runner("optimizing")
+        with progress:
+            return optimize_llm(model, data, out, settings, target=target, progress=update)
+
+    result = guard(work)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    rows = llm_rows(result)
+    table = Table(title=f"edgeship optimize: {result.source}", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    shown = [k for k in rows[0] if k not in ("pareto",)]
+    for key in shown:
+        table.add_column(key, no_wrap=key != "reason", overflow="fold")
+    styles = {"reference": "bold", "ok": "green", "rejected": "dim", "failed": "red"}
+    for row in rows:
+        table.add_row(*(row[k] for k in shown), style=styles.get(row["status"], ""))
+    console.print(table)
+    chosen = result.chosen.name if result.chosen else "none (every candidate was rejected)"
+    console.print(f"chosen: {chosen} ({result.why}); report: {out / 'report.html'}" + (f"; model: {out / 'model'}" if result.chosen else ""))
 
 
 def targets(

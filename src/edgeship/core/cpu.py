@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["cpu_flags", "u8s8_saturates", "VNNI_FLAGS"]
+__all__ = ["cpu_flags", "u8s8_saturates", "machine", "VNNI_FLAGS"]
 
 #: /proc/cpuinfo flags of the x86 instructions that accumulate u8 x s8 products in int32
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
@@ -35,3 +35,22 @@ def u8s8_saturates(flags: frozenset[str] | set[str] | list[str]) -> bool:
     flags = set(flags)
     x86_int8 = bool(flags & {"avx2", "avx512bw", "sse4_1"})
     return x86_int8 and not (flags & VNNI_FLAGS)
+
+
+#: the flags that decide which int8 / bf16 kernels run
+KERNEL_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",
+                          "amx_bf16", "asimddp", "i8mm"})
+
+
+def machine(threads: int | None = None) -> dict:
+    """The CPU a measurement was made on: model, the ISA flags that decide int8/bf16 kernels, threads."""
+    import os
+    import platform
+
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text(encoding="utf-8", errors="replace").splitlines() if info.exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                 platform.processor())
+    flags = cpu_flags()
+    return {"platform": platform.platform(), "cpu": model, "cpu_flags": sorted(flags & KERNEL_FLAGS),
+            "int8_u8s8_saturates": u8s8_saturates(flags), "cores": os.cpu_count(), "threads": threads}

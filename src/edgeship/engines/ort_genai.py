@@ -114,7 +114,7 @@ class Sampling:
 class GenAIModel:
     """A built model folder, opened for generation."""
 
-    def __init__(self, folder: Path | str) -> None:
+    def __init__(self, folder: Path | str, prefill_chunk: int = 128) -> None:
         try:
             import onnxruntime_genai as og
         except ImportError:
@@ -122,6 +122,7 @@ class GenAIModel:
         self._og = og
         self.folder = Path(folder)
         self._session: Any = None
+        self.prefill_chunk = prefill_chunk
         try:
             self.model = og.Model(str(folder))
             self.tokenizer = og.Tokenizer(self.model)
@@ -142,10 +143,17 @@ class GenAIModel:
         params = og.GeneratorParams(self.model)
         params.set_search_options(max_length=len(prompt_ids) + max_new_tokens, **sampling.options())
         generator = og.Generator(self.model, params)
-        generator.append_tokens(list(prompt_ids))
+        self._prefill(generator, prompt_ids)
         while not generator.is_done():
             generator.generate_next_token()
             yield int(generator.get_next_tokens()[0])
+
+    def _prefill(self, generator: Any, prompt_ids: Sequence[int]) -> None:
+        """The prompt in chunks: the graph computes logits for every prompt position, and in one piece
+        a long prompt's logits alone are context x vocabulary x 4 bytes (200 MB for 1k tokens of SmolLM2)."""
+        ids = list(prompt_ids)
+        for start in range(0, len(ids), self.prefill_chunk):
+            generator.append_tokens(ids[start:start + self.prefill_chunk])
 
     def timed(self, prompt_ids: Sequence[int], new_tokens: int, clock: Any = None) -> Timing:
         """Greedy generation of exactly ``new_tokens`` (end-of-sequence ignored), timed by ``clock``."""
@@ -158,7 +166,7 @@ class GenAIModel:
                                   do_sample=False)
         generator = og.Generator(self.model, params)
         start = clock()
-        generator.append_tokens(list(prompt_ids))
+        self._prefill(generator, prompt_ids)
         generator.generate_next_token()
         generator.get_next_tokens()  # the token is computed by the time it is read
         first = clock()
@@ -180,6 +188,7 @@ class GenAIModel:
             raise ConfigError("scoring needs at least 2 tokens and a window of at least 2.")
         session = self._scoring_session(open_session, threads)
         dims = self._kv_dims()
+        window = min(window, self.context_length)  # positions beyond the trained context have no rotary table
         names = [i.name for i in session.get_inputs()]
         nll, count, top1 = 0.0, 0, []
         ids = np.asarray(ids, dtype=np.int64)
@@ -202,10 +211,18 @@ class GenAIModel:
             top1 += logits.argmax(-1).tolist()
         return TokenScores(nll, count, tuple(int(t) for t in top1))
 
-    def _kv_dims(self) -> tuple[int, int]:
+    @property
+    def config(self) -> dict[str, Any]:
         import json
 
-        decoder = json.loads((self.folder / "genai_config.json").read_text(encoding="utf-8"))["model"]["decoder"]
+        return json.loads((self.folder / "genai_config.json").read_text(encoding="utf-8"))["model"]
+
+    @property
+    def context_length(self) -> int:
+        return int(self.config["context_length"])
+
+    def _kv_dims(self) -> tuple[int, int]:
+        decoder = self.config["decoder"]
         return int(decoder["num_key_value_heads"]), int(decoder["head_size"])
 
     def _scoring_session(self, open_session: Any, threads: int | None) -> Any:

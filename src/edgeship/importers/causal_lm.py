@@ -17,7 +17,7 @@ from typing import Any
 
 from edgeship.errors import ConfigError, InvalidModelError
 
-__all__ = ["CausalLM", "load_causal_lm", "FAMILIES"]
+__all__ = ["CausalLM", "load_causal_lm", "is_causal_lm", "FAMILIES"]
 
 FAMILIES = ("llama", "qwen2", "phi3", "gemma", "gemma2", "mistral")
 
@@ -81,6 +81,23 @@ class CausalLM:
                 loss = torch.nn.functional.cross_entropy(logits.float(), chunk[1:], reduction="sum")
                 total, count = total + float(loss), count + len(chunk) - 1
         return math.exp(total / count)
+
+
+def is_causal_lm(source: Path | str) -> bool:
+    """A GGUF file, or a Hugging Face directory whose config names a ...ForCausalLM architecture."""
+    import json
+
+    path = Path(source)
+    if path.is_file():
+        return path.suffix.lower() == ".gguf"
+    config = path / "config.json"
+    if not config.is_file() or config.stat().st_size > 1 << 20:
+        return False
+    try:
+        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return False
+    return any(str(a).endswith("ForCausalLM") for a in architectures)
 
 
 def _family(name: str | None, source: Path) -> str:
