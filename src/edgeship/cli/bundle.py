@@ -42,7 +42,7 @@ def _read_labels(labels: Path | None) -> list[str] | None:
 
 
 def pack(
-    model: Annotated[Path, typer.Argument(help="An .onnx file or an `edgeship optimize` output folder (packs best.onnx).")],
+    model: Annotated[Path, typer.Argument(help="An .onnx file, an `edgeship optimize` output folder (packs its choice), or an ONNX Runtime GenAI folder.")],
     name: Annotated[str, typer.Option("--name", help="Bundle name, e.g. digits-cnn.")],
     version: Annotated[int, typer.Option("--version", help="Integer version; devices refuse lower ones.")],
     sign_key: Annotated[Path, typer.Option("--sign-key", help="signing.key from `edgeship keygen`.")],
@@ -55,10 +55,14 @@ def pack(
     max_length: Annotated[Optional[int], typer.Option("--max-length", help="Tokens per text on the device (default: the evaluation's, else 128).")] = None,
 ) -> None:
     """Pack a model into one signed (optionally encrypted) bundle with a manifest."""
+    from edgeship.bundle.llm import is_genai_folder, pack_llm
     from edgeship.bundle.pack import pack as pack_bundle
 
-    path = guard(lambda: pack_bundle(model, name, version, sign_key, out, encrypt_key, target, _read_labels(labels),
-                                     preoptimize, tokenizer, max_length))
+    if is_genai_folder(model):
+        path = guard(lambda: pack_llm(model, name, version, sign_key, out, encrypt_key, target))
+    else:
+        path = guard(lambda: pack_bundle(model, name, version, sign_key, out, encrypt_key, target,
+                                         _read_labels(labels), preoptimize, tokenizer, max_length))
     console.print(f"packed {name} v{version} -> {path} ({path.stat().st_size:,} bytes)", highlight=False)
 
 
@@ -73,17 +77,29 @@ def verify(
     """Check signature, digests, format, version (anti-rollback) and decryption."""
     from edgeship.bundle.format import verify_bundle
     from edgeship.bundle.keys import load_content_key, load_public_keys
+    from edgeship.bundle.llm import LLM_FORMAT, bundle_format, verify_llm_bundle
 
     def work() -> Any:
         key = load_content_key(decrypt_key) if decrypt_key else None
-        return verify_bundle(bundle, load_public_keys(list(trust)), key, state_dir, allow_downgrade)
+        keys = load_public_keys(list(trust))
+        if bundle_format(bundle) != LLM_FORMAT:
+            return verify_bundle(bundle, keys, key, state_dir, allow_downgrade).manifest
+        import shutil
+        import tempfile
 
-    m = guard(work).manifest
+        with tempfile.TemporaryDirectory(prefix="edgeship-verify-") as scratch:  # streamed, then discarded
+            manifest = verify_llm_bundle(bundle, keys, key, Path(scratch) / "model", state_dir, allow_downgrade).manifest
+            shutil.rmtree(Path(scratch) / "model", ignore_errors=True)
+        return manifest
+
+    m = guard(work)
     if as_json:
         print_json(m)
         return
+    what = (f"model sha256 {m['model_sha256'][:16]}..." if "model_sha256" in m
+            else f"{len(m['files'])} files, {sum(f['size'] for f in m['files'].values()):,} bytes")
     console.print(f"verified {m['name']} v{m['version']} ({'encrypted' if m['encryption'] else 'plain'}, "
-                  f"created {m['created']}, model sha256 {m['model_sha256'][:16]}...)", highlight=False)
+                  f"created {m['created']}, {what})", highlight=False, markup=False)
 
 
 def _read_npz(path: Path) -> dict[str, Any]:

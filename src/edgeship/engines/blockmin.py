@@ -29,6 +29,10 @@ __all__ = ["blockmin_int4", "BLOCK"]
 
 BLOCK = 32
 _MS = "com.microsoft"
+#: MatMulNBits' int8 activations: 99 tok/s decode against 11 with fp32 activations (level 1, which
+#: reproduces the float model's perplexity exactly: 27.664 against 27.880) on SmolLM2 here. llama.cpp
+#: quantizes activations too (Q8_1), and its greedy answers match this level's.
+ACCURACY = 4
 
 
 def _blocks(w: np.ndarray) -> np.ndarray:
@@ -104,7 +108,7 @@ class _Rewriter:
         ins = [x, self.const(packed, f"{base}_Q4"), self.const(scale, f"{base}_scales"), self.const(zp, f"{base}_zp")]
         nodes += [
             helper.make_node("MatMulNBits", ins, [f"{y}/int4"], name=f"{node.name}_Q4", domain=_MS, K=k, N=n,
-                             bits=4, block_size=BLOCK, accuracy_level=4),
+                             bits=4, block_size=BLOCK, accuracy_level=ACCURACY),
             helper.make_node("MatMul", [self.sums[x], self.const(offsets, f"{base}_offsets")], [f"{y}/offset"],
                              name=f"{node.name}_offset"),
             helper.make_node("Add", [f"{y}/int4", f"{y}/offset"], [y], name=f"{node.name}_add"),
@@ -132,7 +136,7 @@ class _Rewriter:
         base = node.input[1]
         codes, scales = self.const(q, f"{base}_Q8"), self.const(scale.reshape(-1), f"{base}_scales")
         mm = helper.make_node("MatMulNBits", [node.input[0], codes, scales], list(node.output), name=f"{node.name}_Q8",
-                              domain=_MS, K=k, N=n, bits=8, block_size=BLOCK, accuracy_level=4)
+                              domain=_MS, K=k, N=n, bits=8, block_size=BLOCK, accuracy_level=ACCURACY)
         return [mm], codes, scales
 
 

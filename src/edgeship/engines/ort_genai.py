@@ -182,28 +182,16 @@ class GenAIModel:
         (plain ONNX Runtime: the same weights and kernels that generate)."""
         import numpy as np
 
-        from edgeship.core.session import open_session
-
         if len(ids) < 2 or window < 2:
             raise ConfigError("scoring needs at least 2 tokens and a window of at least 2.")
-        session = self._scoring_session(open_session, threads)
-        dims = self._kv_dims()
         window = min(window, self.context_length)  # positions beyond the trained context have no rotary table
-        names = [i.name for i in session.get_inputs()]
         nll, count, top1 = 0.0, 0, []
         ids = np.asarray(ids, dtype=np.int64)
         for start in range(0, len(ids) - 1, window):
             chunk = ids[start:start + window + 1]
             if len(chunk) < 2:
                 break
-            x = chunk[None, :-1]
-            feeds = {"input_ids": x, "attention_mask": np.ones_like(x)}
-            for name in names:
-                if name.startswith("past_key_values"):
-                    feeds[name] = np.zeros((1, dims[0], 0, dims[1]), np.float32)
-            if "position_ids" in names:
-                feeds["position_ids"] = np.arange(x.shape[1], dtype=np.int64)[None]
-            logits = session.run(["logits"], feeds)[0][0].astype(np.float64)
+            logits = self.logits(chunk[:-1], threads).astype(np.float64)
             peak = logits.max(-1)
             lse = peak + np.log(np.exp(logits - peak[:, None]).sum(-1))
             nll += float((lse - logits[np.arange(len(chunk) - 1), chunk[1:]]).sum())
@@ -221,14 +209,27 @@ class GenAIModel:
     def context_length(self) -> int:
         return int(self.config["context_length"])
 
+    def logits(self, ids: Sequence[int], threads: int | None = None) -> Any:
+        """[len(ids), vocabulary] next-token logits from an empty cache, through plain ONNX Runtime."""
+        import numpy as np
+
+        from edgeship.core.session import open_session
+
+        if self._session is None:
+            self._session = open_session(self.folder / "model.onnx", threads=threads or 2)
+        heads, dim = self._kv_dims()
+        x = np.asarray(ids, dtype=np.int64)[None]
+        feeds = {"input_ids": x, "attention_mask": np.ones_like(x)}
+        for spec in self._session.get_inputs():
+            if spec.name.startswith("past_key_values"):
+                feeds[spec.name] = np.zeros((1, heads, 0, dim), np.float32)
+            elif spec.name == "position_ids":
+                feeds[spec.name] = np.arange(x.shape[1], dtype=np.int64)[None]
+        return self._session.run(["logits"], feeds)[0][0]
+
     def _kv_dims(self) -> tuple[int, int]:
         decoder = self.config["decoder"]
         return int(decoder["num_key_value_heads"]), int(decoder["head_size"])
-
-    def _scoring_session(self, open_session: Any, threads: int | None) -> Any:
-        if self._session is None:
-            self._session = open_session(self.folder / "model.onnx", threads=threads or 2)
-        return self._session
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, sampling: Sampling = Sampling()) -> list[int]:
         return list(self.stream(prompt_ids, max_new_tokens, sampling))

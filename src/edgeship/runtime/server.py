@@ -638,23 +638,33 @@ def create_app(bundles: list[Path], trust: Trust, settings: ServeSettings | None
 def serve(bundles: list[Path], trust: Trust, settings: ServeSettings | None = None,
           on_listening: Any = None) -> None:
     """Verify every bundle, bind the port, serve until SIGINT/SIGTERM, then finish in-flight requests."""
-    import uvicorn
-
     settings = settings or ServeSettings()
     app = create_app(bundles, trust, settings)
-    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock = bind(settings.host, settings.port)
+    if on_listening is not None:
+        on_listening(settings.host, sock.getsockname()[1], app.state.registry.hosts)
+    run_app(app, sock, settings.graceful_timeout_s)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, bound before the app starts (port 0 picks a free one)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((settings.host, settings.port))
+        sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}; "
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; "
                           "pick another --port (0 picks a free one).") from None
-    port = sock.getsockname()[1]
-    if on_listening is not None:
-        on_listening(settings.host, port, app.state.registry.hosts)
+    return sock
+
+
+def run_app(app: Any, sock: socket.socket, graceful_timeout_s: float) -> None:
+    """Serve ``app`` on ``sock`` until SIGINT/SIGTERM, then finish in-flight requests."""
+    import uvicorn
+
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=settings.graceful_timeout_s)
+                            timeout_graceful_shutdown=graceful_timeout_s)
     # uvicorn finishes in-flight requests on SIGTERM, then raises the signal again with the handler
     # it found; a no-op one here makes a clean, graceful stop exit with status 0.
     if threading.current_thread() is threading.main_thread():
