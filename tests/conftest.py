@@ -199,6 +199,11 @@ def tiny_classifier_dir(tmp_path_factory) -> Path:
     return make_tiny_hf("BertForSequenceClassification", tmp_path_factory.mktemp("tiny-classifier"))
 
 
+#: a ChatML chat template, as SmolLM2's (without its default system prompt)
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_bpe(tmp_path_factory) -> Path:
     """A 2-layer random llama with a byte-level BPE tokenizer trained here (ONNX Runtime GenAI's
@@ -216,6 +221,7 @@ def tiny_llama_bpe(tmp_path_factory) -> Path:
         vocab_size=512, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tokenizer = transformers.GPT2TokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>",
                                                eos_token="<|endoftext|>")
+    tokenizer.chat_template = CHATML
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -274,3 +280,27 @@ def smol_optimized(tmp_path_factory):
     settings = LLMSettings(candidates=("int4-blockmin", "int4"), max_eval_tokens=1024, rounds=1, prompt_tokens=64,
                            decode_tokens=16, context=256)
     return optimize_llm(gguf, Path(__file__).parents[1] / "src/edgeship/data/sentences.txt", out / "out", settings), out / "out"
+
+
+@pytest.fixture(scope="session")
+def llm_keys(tmp_path_factory) -> dict[str, Path]:
+    from edgeship.bundle import generate_keys
+
+    return generate_keys(tmp_path_factory.mktemp("llm-keys"), content_key=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_genai(tiny_llama_bpe, tmp_path_factory) -> Path:
+    """The tiny llama built for ONNX Runtime GenAI (fp32)."""
+    from edgeship.engines.ort_genai import build_genai
+
+    return build_genai(tiny_llama_bpe, tmp_path_factory.mktemp("tiny-genai") / "fp32", "fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_bundle(tiny_genai, llm_keys, tmp_path_factory) -> Path:
+    """The tiny llama as a signed, encrypted LLM bundle."""
+    from edgeship.bundle.llm import pack_llm
+
+    out = tmp_path_factory.mktemp("tiny-llm-bundle") / "tiny.edgeship"
+    return pack_llm(tiny_genai, "tiny", 1, llm_keys["private"], out, encrypt_key=llm_keys["content"])

@@ -41,7 +41,7 @@ class ChatSettings:
     parallel: int = 2  # slots: requests generating at once
     max_queue: int = 32  # requests waiting for a slot before Busy
     max_tokens: int = 512  # the cap on a request's max_tokens
-    default_max_tokens: int = 256
+    default_max_tokens: int = 256  # when a request gives none (capped by max_tokens too)
     prefill_chunk: int = 128
     idle_unload_s: float | None = None  # release the model after this long without requests
 
@@ -49,8 +49,6 @@ class ChatSettings:
         small = {k: v for k, v in self.__dict__.items() if isinstance(v, int) and v < 1}
         if small:
             raise ConfigError(f"{', '.join(small)} must be >= 1, got {small}.")
-        if self.default_max_tokens > self.max_tokens:
-            raise ConfigError("the default max_tokens cannot exceed the cap on max_tokens.")
         if self.idle_unload_s is not None and self.idle_unload_s <= 0:
             raise ConfigError(f"idle unload must be > 0 seconds, got {self.idle_unload_s}.")
 
@@ -70,6 +68,7 @@ class Job:
     created: float = 0.0
     first_token_at: float | None = None
     completion_tokens: int = 0
+    tokens: list[int] = field(default_factory=list)  # the generated ids
     cached_tokens: int = 0
     finish_reason: str = ""
     # scheduler state
@@ -142,11 +141,17 @@ class Scheduler:
         return len(self.waiting)
 
     def close(self) -> None:
+        """Stop the worker; requests still running or waiting end as ``cancelled``."""
         with self.cond:
             self._stop = True
             self.cond.notify()
         if self._thread is not None:
             self._thread.join()
+        with self.cond:
+            left, self.active, self.waiting = [*self.active, *self.waiting], [], collections.deque()
+        for job in left:
+            job.slot = None
+            self._end(job, "cancelled")
 
     def _ensure_thread(self) -> None:
         with self.cond:
@@ -241,6 +246,7 @@ class Scheduler:
         slot.generator.generate_next_token()
         token = int(slot.generator.get_next_tokens()[0])
         slot.history.append(token)
+        job.tokens.append(token)
         if job.first_token_at is None:
             job.first_token_at = self.clock()
         job.completion_tokens += 1

@@ -647,7 +647,8 @@ def serve(bundles: list[Path], trust: Trust, settings: ServeSettings | None = No
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket, bound before the app starts (port 0 picks a free one)."""
+    """A listening socket, bound before the app starts (port 0 picks a free one), so that clients told
+    the address can connect at once."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -656,6 +657,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; "
                           "pick another --port (0 picks a free one).") from None
+    sock.listen(2048)  # connections made once the address is printed wait in the backlog, not refused
     return sock
 
 
