@@ -125,15 +125,16 @@ def make_repo(tmp_path):
         server.close()
 
 
-def _agent_cmd(server: RepoServer, repo: Path, state: Path, keys, *extra: str, device: str = "dev-1") -> list[str]:
+def _agent_cmd(server: RepoServer, repo: Path, state: Path, keys, *extra: str, device: str = "dev-1",
+               model: str = "digits") -> list[str]:
     return CLI + ["agent", "--repo-url", server.url, "--root", str(repo / "root.json"), "--state-dir", str(state),
-                  "--model", "digits", "--trust", str(keys["public"]), "--decrypt-key", str(keys["content"]),
+                  "--model", model, "--trust", str(keys["public"]), "--decrypt-key", str(keys["content"]),
                   "--device-id", device, "--once", *extra]
 
 
 def _agent(server: RepoServer, repo: Path, state: Path, keys, *extra: str, env: dict | None = None,
-           device: str = "dev-1") -> subprocess.CompletedProcess:
-    return subprocess.run(_agent_cmd(server, repo, state, keys, *extra, device=device), capture_output=True,
+           device: str = "dev-1", model: str = "digits") -> subprocess.CompletedProcess:
+    return subprocess.run(_agent_cmd(server, repo, state, keys, *extra, device=device, model=model), capture_output=True,
                           text=True, timeout=180, env={**os.environ, **(env or {})})
 
 
@@ -532,3 +533,44 @@ def test_an_agent_in_process_holds_its_state_directory_until_closed(at_v1, keys,
             Agent(config)
     with Agent(config) as again:  # released on close
         assert again.active_version == 2 and again.check_once().status == "up-to-date"
+
+
+def _broken_llm_selftest(bundle: Path, out: Path, private_key: Path) -> Path:
+    """The bundle re-signed with a self-test no engine can pass (the top five are ids outside the vocabulary)."""
+    import zipfile
+
+    from edgeship.bundle.keys import load_private_key
+
+    with zipfile.ZipFile(bundle) as zin:
+        members = {i.filename: zin.read(i) for i in zin.infolist()}
+    manifest = json.loads(members["manifest.json"])
+    manifest["selftest"]["top5"] = [10**9]
+    raw = json.dumps(manifest).encode()
+    members["manifest.json"], members["manifest.sig"] = raw, load_private_key(private_key).sign(raw)
+    with zipfile.ZipFile(out, "w") as zout:
+        for name, data in members.items():
+            zout.writestr(name, data)
+    return out
+
+
+def test_an_llm_bundle_goes_through_the_repository_and_the_agent(tmp_path, tiny_genai, keys, make_repo):
+    """Streamed verification, a chat self-test, commit; a bundle that cannot chat rolls back."""
+    pytest.importorskip("onnxruntime_genai")
+    from edgeship.bundle.llm import pack_llm
+
+    v1 = pack_llm(tiny_genai, "tiny", 1, keys["private"], tmp_path / "t1.edgeship", keys["content"])
+    v2 = pack_llm(tiny_genai, "tiny", 2, keys["private"], tmp_path / "t2.edgeship", keys["content"])
+    repo, server = make_repo(v1)
+    state = tmp_path / "state"
+    done = _agent(server, repo, state, keys, model="tiny")
+    assert done.returncode == 0 and "updated to v1" in done.stdout, done.stdout + done.stderr
+    publish(repo, v2, trusted_keys=load_public_keys(keys["public"]))
+    done = _agent(server, repo, state, keys, model="tiny")
+    assert done.returncode == 0 and "updated to v2" in done.stdout, done.stdout + done.stderr
+    v3 = pack_llm(tiny_genai, "tiny", 3, keys["private"], tmp_path / "t3.edgeship", keys["content"])
+    publish(repo, _broken_llm_selftest(v3, tmp_path / "t3-broken.edgeship", keys["private"]))
+    done = _agent(server, repo, state, keys, model="tiny")
+    assert done.returncode == 1 and "rolled back to v2" in done.stdout, done.stdout + done.stderr
+    after = _state(state)
+    assert after["versions"][after["active"]] == 2 and 3 in after["failed_versions"]
+    assert "self-test" in after["history"][-1]["detail"]

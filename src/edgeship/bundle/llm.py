@@ -36,7 +36,8 @@ from edgeship.core.files import atomic_writer
 from edgeship.core.names import Bundle
 from edgeship.core.rollback import check_not_older, record_accepted
 
-__all__ = ["LLM_FORMAT", "pack_llm", "verify_llm_bundle", "bundle_format", "VerifiedLLM", "is_genai_folder"]
+__all__ = ["LLM_FORMAT", "pack_llm", "verify_llm_bundle", "read_llm_manifest", "bundle_format", "VerifiedLLM",
+           "is_genai_folder", "check_selftest"]
 
 LLM_FORMAT = "edgeship.llm-bundle"
 LLM_FORMAT_VERSION = 1
@@ -240,6 +241,16 @@ def _copy_member(archive: zipfile.ZipFile, manifest: dict[str, Any], file: str, 
                 written += len(block)
     if written != size or digest.hexdigest() != entry["sha256"]:
         raise BundleError(f"file {file!r} does not match its signed digest: the bundle was altered.")
+
+
+def read_llm_manifest(path: Path | str, trusted_keys: list[Any]) -> dict[str, Any]:
+    """The signed manifest, checked against ``trusted_keys`` and the archive's member list, without
+    reading (or decrypting) the files: what a publisher that holds no content key can check."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return _signed_manifest(archive, trusted_keys)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise BundleError(f"{str(path)!r} is not a readable bundle: {exc}.") from None
 
 
 def verify_llm_bundle(path: Path | str, trusted_keys: list[Any], decrypt_key: bytes | None = None,

@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ from typing import Any
 
 from edgeship.core.files import atomic_write_bytes, fsync_dir
 from edgeship.bundle.format import BundleError, verify_bundle
+from edgeship.bundle.llm import LLM_FORMAT, bundle_format, verify_llm_bundle
 from edgeship.core.names import BUNDLE_SUFFIX, StateDir
 from edgeship.core.rollback import record_accepted
 from edgeship.errors import ConfigError, EdgeshipError
@@ -200,10 +202,6 @@ class Agent:
         return self.state["versions"].get(slot) if slot else None
 
     # -- recovery ----------------------------------------------------------------------
-    def _verified(self, slot: str, rollback_check: bool = False) -> Any:
-        return verify_bundle(self.bundle_path(slot), self.config.trusted_keys, self.config.decrypt_key,
-                             self.dir if rollback_check else None, record=False)
-
     def recover(self) -> str | None:
         """Finish or undo an update interrupted by a crash; returns what was done."""
         for leftover in [*self.dir.glob(f"{StateDir.SLOTS}/*/.{StateDir.BUNDLE}.*"),
@@ -304,7 +302,15 @@ class Agent:
         cfg = self.config
         _pause("verify")
         try:
-            verified = verify_bundle(download, cfg.trusted_keys, cfg.decrypt_key, self.dir, record=False)
+            if bundle_format(download) == LLM_FORMAT:  # streamed into a scratch folder, then discarded
+                scratch = self.layout / StateDir.DOWNLOADS / ".verify"
+                try:
+                    verified = verify_llm_bundle(download, cfg.trusted_keys, cfg.decrypt_key, scratch, self.dir,
+                                                 record=False)
+                finally:
+                    shutil.rmtree(scratch, ignore_errors=True)
+            else:
+                verified = verify_bundle(download, cfg.trusted_keys, cfg.decrypt_key, self.dir, record=False)
         except BundleError as exc:
             download.unlink(missing_ok=True)
             self._remember_failure(version)
@@ -335,14 +341,19 @@ class Agent:
         return UpdateResult("updated", version, f"{self.config.model} updated to v{version} (slot {slot})")
 
     def _install(self, download: Path, slot: str) -> None:
-        data = download.read_bytes()
+        """Copy the bundle into the slot in chunks (an LLM bundle is hundreds of megabytes)."""
+        half = download.stat().st_size // 2
 
-        def halves() -> Iterator[bytes]:  # a kill injected at "install" lands mid-write
-            yield data[: len(data) // 2]
-            _pause("install")
-            yield data[len(data) // 2:]
+        def chunks() -> Iterator[bytes]:  # a kill injected at "install" lands mid-write
+            done = 0
+            with download.open("rb") as f:
+                while block := f.read(min(1 << 20, half - done) if done < half else 1 << 20):
+                    yield block
+                    done += len(block)
+                    if done == half:
+                        _pause("install")
 
-        atomic_write_bytes(self.bundle_path(slot), halves())
+        atomic_write_bytes(self.bundle_path(slot), chunks())
 
     def _check_live(self, slot: str, version: int) -> None:
         """Self-test the slot's bundle, then the running server's answer, if there is a server."""
@@ -350,6 +361,9 @@ class Agent:
 
         _pause("self-test")
         cfg = self.config
+        if bundle_format(self.bundle_path(slot)) == LLM_FORMAT:
+            self._check_chat(slot)
+            return
         try:
             runtime = Runtime.open(self.bundle_path(slot), cfg.trusted_keys, cfg.decrypt_key, cfg.threads,
                                    state_dir=self.dir, record=False)
@@ -358,6 +372,23 @@ class Agent:
         if cfg.health_url:
             _pause("health")
             self._health(runtime, version)
+
+    def _check_chat(self, slot: str) -> None:
+        """An LLM bundle: verified by streaming, opened, and asked the self-test prompt: its greedy
+        next token must be among the packing machine's top five (the chat health check)."""
+        from edgeship.runtime.llm import ChatModel, ChatSettings
+
+        cfg = self.config
+        try:
+            chat = ChatModel.open(self.bundle_path(slot), cfg.trusted_keys, cfg.decrypt_key, self.dir,
+                                  settings=ChatSettings(context=64, parallel=1), record=False)
+        except EdgeshipError as exc:
+            raise _StepError("self-test", str(exc)) from None
+        except Exception as exc:  # the engine refusing a verified model
+            raise _StepError("self-test", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        chat.close()
+        if cfg.health_url:
+            log.info("an LLM bundle's server is restarted to take a new version; no live health request is made")
 
     def _health(self, runtime: Any, version: int) -> None:
         """Wait until the server reports ``version``, then check its answer to the self-test input."""

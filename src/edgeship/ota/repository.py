@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeship.core.errors import RepoError
-from edgeship.core.files import atomic_write_bytes, write_private
+from edgeship.core.files import atomic_write_bytes, atomic_writer, write_private
 from edgeship.errors import ConfigError
 
 __all__ = ["RepoError", "RepoSettings", "init_repo", "publish", "set_rollout", "refresh_timestamp", "CHANNELS"]
@@ -110,6 +110,24 @@ class _Repo:
         md.signed.expires = self.settings.expiry(role)
         return md
 
+    def add_target_stream(self, target_path: str, source: Path, custom: dict[str, Any] | None = None) -> Any:
+        """Store the file ``source`` as a target, copied and hashed in chunks (bundles may be large)."""
+        from tuf.api.metadata import TargetFile
+
+        directory, _, base = target_path.rpartition("/")
+        digest, length = hashlib.sha256(), 0
+        staging = self.targets_dir / directory / f".{base}.incoming"
+        with atomic_writer(staging) as out, Path(source).open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+                out.write(block)
+                length += len(block)
+        os.replace(staging, self.targets_dir / directory / f"{digest.hexdigest()}.{base}")
+        info = TargetFile(length=length, hashes={"sha256": digest.hexdigest()}, path=target_path)
+        if custom is not None:
+            info.unrecognized_fields["custom"] = custom
+        return info
+
     def add_target_file(self, target_path: str, data: bytes, custom: dict[str, Any] | None = None) -> Any:
         """Store ``data`` as a consistent-snapshot target file; returns its TargetFile."""
         from tuf.api.metadata import TargetFile
@@ -189,6 +207,23 @@ def _read_index(repo: _Repo, targets: Any, model: str, channel: str) -> dict[str
     return json.loads(stored.read_bytes())
 
 
+def _llm_manifest(bundle: Path) -> dict[str, Any]:
+    """An LLM bundle's manifest, parsed only (no --trust: the device verifies)."""
+    import zipfile
+
+    from edgeship.core.errors import BundleError
+
+    try:
+        with zipfile.ZipFile(bundle) as archive:
+            if archive.getinfo("manifest.json").file_size > 4 << 20:
+                raise BundleError("the bundle's manifest is larger than any edgeship writes.")
+            manifest = json.loads(archive.read("manifest.json"))
+        str(manifest["name"]), int(manifest["version"])
+        return manifest
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
+        raise BundleError(f"the manifest of {str(bundle)!r} is not a bundle manifest.") from None
+
+
 def publish(
     directory: Path | str,
     bundle: Path | str,
@@ -202,6 +237,7 @@ def publish(
     checks them again). Returns the channel index as published.
     """
     from edgeship.bundle.format import read_manifest
+    from edgeship.bundle.llm import LLM_FORMAT, bundle_format, read_llm_manifest
 
     if channel not in CHANNELS:
         raise ConfigError(f"--channel must be one of {list(CHANNELS)}, got {channel!r}.")
@@ -209,7 +245,10 @@ def publish(
         raise ConfigError(f"--rollout is a percentage of devices, in (0, 100], got {rollout}.")
     repo = _Repo(Path(directory))
     bundle = Path(bundle)
-    manifest = read_manifest(bundle, trusted_keys)
+    if bundle_format(bundle) == LLM_FORMAT:  # large: the signed manifest, without reading the weights
+        manifest = read_llm_manifest(bundle, trusted_keys) if trusted_keys is not None else _llm_manifest(bundle)
+    else:
+        manifest = read_manifest(bundle, trusted_keys)
     name, version = str(manifest["name"]), int(manifest["version"])
     targets = repo.load("targets")
     index = _read_index(repo, targets, name, channel)
@@ -218,9 +257,8 @@ def publish(
         raise RepoError(f"{name} v{version} is not newer than v{newest}, already on {channel}; versions only "
                         "increase (pack the model again with a higher --version).")
     bundle_target = f"{name}/{name}-{version}.edgeship"
-    data = bundle.read_bytes()
-    targets.signed.targets[bundle_target] = repo.add_target_file(
-        bundle_target, data, {"edgeship": {"name": name, "version": version}})
+    targets.signed.targets[bundle_target] = repo.add_target_stream(
+        bundle_target, bundle, {"edgeship": {"name": name, "version": version}})
     index["releases"].append({"version": version, "target": bundle_target, "rollout": float(rollout),
                               "published": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
     index_target = _channel_target(name, channel)

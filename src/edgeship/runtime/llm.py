@@ -312,12 +312,12 @@ class ChatModel:
     @classmethod
     def open(cls, bundle: Path | str, trusted_keys: list[Any], decrypt_key: bytes | None = None,
              state_dir: Path | str | None = None, allow_downgrade: bool = False,
-             settings: ChatSettings = ChatSettings(), **kwargs: Any) -> "ChatModel":
+             settings: ChatSettings = ChatSettings(), record: bool = True, **kwargs: Any) -> "ChatModel":
         """Verify (streaming), unpack into a private temporary folder, self-test, and open."""
         from edgeship.bundle.llm import check_selftest, verify_llm_bundle
 
         verified = verify_llm_bundle(bundle, trusted_keys, decrypt_key, state_dir=state_dir,
-                                     allow_downgrade=allow_downgrade)
+                                     allow_downgrade=allow_downgrade, record=record)
         try:
             chat = cls(verified.folder, verified.manifest, settings, cleanup=verified.folder, **kwargs)
             check_selftest(verified, chat.tokenizer_model)
