@@ -82,3 +82,15 @@ def test_the_cli_takes_the_generative_path_for_a_causal_lm(tiny_llama_q41, sente
                           str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o2"), "--recipes", "int3"],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.startswith("error:")
+
+
+@pytest.mark.parametrize("name", sorted(__import__("edgeship.search.llm", fromlist=["CANDIDATES"]).CANDIDATES))
+def test_every_registered_candidate_builds_a_model_that_generates(name, tiny_llama_bpe, tiny_genai, tmp_path):
+    from edgeship.engines.ort_genai import GenAIModel
+    from edgeship.search.llm import CANDIDATES
+
+    folder = CANDIDATES[name](tiny_llama_bpe, tiny_genai, tmp_path / name)
+    model = GenAIModel(folder)
+    assert len(model.generate(model.encode("the quick brown fox"), 3)) == 3
+    size = lambda d: sum(p.stat().st_size for p in d.glob("model.onnx*"))  # noqa: E731
+    assert size(folder) < size(tiny_genai)

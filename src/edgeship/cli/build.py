@@ -127,7 +127,8 @@ def optimize(
     """Compress a model with each recipe, measure every candidate, and pick the best.
 
     A GGUF file or a Hugging Face causal LM takes the generative path: --data is held-out text,
-    candidates are engine builds (--recipes auto or int4-blockmin,int4,int8), and the gate is perplexity."""
+    candidates are engine builds (--recipes auto = int4-blockmin,int4,int8; also int4-asym, int4-kquant-mixed),
+    and the gate is perplexity."""
     import edgeship
     from edgeship.importers.causal_lm import is_causal_lm
     from edgeship.search.pipeline import plan_optimization
@@ -160,13 +161,13 @@ def _optimize_llm(model: str, data: Path, out: Path, recipes: str, objective: Ob
                   max_increase: float, context: int, as_json: bool) -> None:
     from edgeship.report.llm import llm_rows
     from edgeship.report.writer import check_out_dir
-    from edgeship.search.llm import CANDIDATES, LLMSettings, optimize_llm
+    from edgeship.search.llm import AUTO, LLMSettings, optimize_llm
 
     def work() -> Any:
         if objective not in (Objective.latency, Objective.size):
             raise ConfigError(f"a generative model is chosen for latency (decode speed) or size, not {objective.value}.")
         check_out_dir(out)
-        names = tuple(CANDIDATES) if recipes == "auto" else tuple(r.strip() for r in recipes.split(",") if r.strip())
+        names = AUTO if recipes == "auto" else tuple(r.strip() for r in recipes.split(",") if r.strip())
         settings = LLMSettings(candidates=names, max_perplexity_increase=max_increase, context=context,
                                objective="decode" if objective is Objective.latency else "size")
         progress, update = progress_runner("optimizing")
