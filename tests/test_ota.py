@@ -555,7 +555,6 @@ def _broken_llm_selftest(bundle: Path, out: Path, private_key: Path) -> Path:
 
 def test_an_llm_bundle_goes_through_the_repository_and_the_agent(tmp_path, tiny_genai, keys, make_repo):
     """Streamed verification, a chat self-test, commit; a bundle that cannot chat rolls back."""
-    pytest.importorskip("onnxruntime_genai")
     from edgeship.bundle.llm import pack_llm
 
     v1 = pack_llm(tiny_genai, "tiny", 1, keys["private"], tmp_path / "t1.edgeship", keys["content"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgeship.errors import ConfigError
-from edgeship.evaluate import measure_latency, measure_peak_memory
+from edgeship.evaluate import measure_peak_memory
 from edgeship.passes import PASSES, PassContext
 from edgeship.targets import list_profiles, load_profile
 from edgeship.targets.estimate import estimate
@@ -91,20 +91,6 @@ def test_memory_estimate_is_within_35_percent_of_measured(cnn_model, tiny_bert, 
         est = estimate(model, host, {k: v.shape for k, v in feeds.items()})["peak_memory_bytes"]
         measured = measure_peak_memory(model.path, feeds, threads=2)
         assert 0.65 <= est / measured <= 1.35, (model.lineage, est, measured)
-
-
-def test_latency_estimate_on_host_is_within_2x_for_float_models(cnn_model, tiny_bert, digits8):
-    from edgeship.targets.host import host_profile
-
-    # This shared machine's speed drifts by up to 2x over minutes, so the host is calibrated
-    # right before the measurement, and the fastest of three p50s is taken (noise only slows).
-    # The estimators' accuracy on the real benchmark models is in benchmarks/bench_estimates.py.
-    for model, feeds in [(tiny_bert, _feeds_bert(64))]:
-        host = host_profile(refresh=True)
-        est = estimate(model, host, {k: v.shape for k, v in feeds.items()})["latency_ms"]
-        session = model.session(2)
-        measured = min(measure_latency(session, feeds, runs=100, min_seconds=0.3)["latency_ms_p50"] for _ in range(3))
-        assert 0.5 <= est / measured <= 2.0, (est, measured)
 
 
 def test_energy_and_dvfs_choice(cnn_model, digits8):
