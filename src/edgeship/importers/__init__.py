@@ -13,7 +13,8 @@ __all__ = ["load", "from_torch"]
 
 
 def load(source: Any) -> Any:
-    """Load a model from an ONNX file, a Hugging Face directory, or ``module:function``.
+    """Load a model from an ONNX file, a Keras ``.keras``/``.h5`` file, a Hugging Face directory, or
+    ``module:function``.
 
     ``source`` may also be an existing :class:`~edgeship.model.Model` (returned as is).
     """
@@ -27,11 +28,15 @@ def load(source: Any) -> Any:
         from edgeship.importers.huggingface import load_hf_dir
 
         return load_hf_dir(path)
+    if path.suffix.lower() in (".keras", ".h5", ".hdf5"):
+        from edgeship.importers.keras_file import load_keras
+
+        return load_keras(path)
     if path.suffix.lower() == ".onnx" or path.exists():
         return load_onnx(path)
     if ":" in text and not path.exists():
         return load_module_function(text)
     raise InvalidModelError(
-        f"model not found: {text!r}. Give an .onnx file, a Hugging Face model directory, "
+        f"model not found: {text!r}. Give an .onnx, .keras or .h5 file, a Hugging Face model directory, "
         "or MODULE:FUNCTION returning (torch module, example inputs)."
     )
