@@ -211,10 +211,12 @@ def pack(
     from edgeship.importers.onnx_file import load_onnx
 
     _check_name_version(name, version)
+    providers: list[str] = []
     if target is not None and target != "host":
         from edgeship.targets import load_profile
 
-        target = load_profile(target).id  # a typo is refused here, not shipped in the manifest
+        profile = load_profile(target)  # a typo is refused here, not shipped in the manifest
+        target, providers = profile.id, list(profile.providers)
     key = load_private_key(sign_key)
     content_key = load_content_key(encrypt_key) if encrypt_key else None
     source = _source(model)
@@ -260,6 +262,7 @@ def pack(
         "labels": list(labels) if labels else list(info.labels),
         "text": text,
         "target": target,
+        "providers": providers,  # the device's execution providers, in order (the runtime falls back to the CPU)
         "recipe": source.recipe,
         "lineage": source.lineage,
         "metrics": source.metrics,

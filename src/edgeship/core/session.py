@@ -11,14 +11,28 @@ copy of the model bytes once the session exists; the bytes are never written to 
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Optimization", "session_options", "open_session", "CPU"]
+__all__ = ["Optimization", "session_options", "open_session", "choose_providers", "CPU"]
 
 CPU = ["CPUExecutionProvider"]
+log = logging.getLogger("edgeship")
+
+
+def choose_providers(wanted: Sequence[str] | None, available: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the providers to ask for, in ``wanted``'s order, always ending with the CPU; the wanted ones
+    this ONNX Runtime build lacks). ``wanted`` comes from a device profile (e.g. TensorRT, then CUDA
+    on a Jetson) or the command line; None is the CPU alone."""
+    if not wanted:
+        return list(CPU), []
+    chosen = [p for p in wanted if p in available and p not in CPU]
+    missing = [p for p in wanted if p not in available]
+    return chosen + CPU, missing
 
 
 class Optimization(str, Enum):
@@ -60,21 +74,34 @@ def session_options(threads: int = 2, optimization: Optimization = Optimization.
 
 
 def open_session(model: Path | str | bytes, threads: int = 2, optimization: Optimization = Optimization.ALL,
-                 **options: Any) -> Any:
-    """An ONNX Runtime CPU session on a model file or on model bytes (see the module docstring)."""
+                 providers: Sequence[str] | None = None, **options: Any) -> Any:
+    """An ONNX Runtime session on a model file or on model bytes (see the module docstring): on the
+    CPU, or on ``providers`` in that order where this build has them, falling back to the CPU with a
+    log line for each one missing (or failing to start)."""
     import onnxruntime as ort
 
     so = session_options(threads, optimization, **options)
+    chosen, missing = choose_providers(providers, ort.get_available_providers())
+    for name in missing:
+        log.warning("%s is not in this ONNX Runtime build (it has %s); falling back to %s", name,
+                    ", ".join(ort.get_available_providers()), chosen[0])
+    session = _session(ort, model, so, chosen)
+    if chosen[0] not in session.get_providers():
+        log.warning("%s did not start; the model runs on %s", chosen[0], session.get_providers()[0])
+    return session
+
+
+def _session(ort: Any, model: Path | str | bytes, so: Any, providers: list[str]) -> Any:
     if not isinstance(model, (bytes, bytearray, memoryview)):
-        return ort.InferenceSession(str(model), so, providers=CPU)
+        return ort.InferenceSession(str(model), so, providers=providers)
     if not hasattr(os, "memfd_create"):
-        return ort.InferenceSession(bytes(model), so, providers=CPU)
+        return ort.InferenceSession(bytes(model), so, providers=providers)
     fd = os.memfd_create("edgeship-model", os.MFD_CLOEXEC)
     try:
         view = memoryview(model)
         written = 0
         while written < len(view):
             written += os.write(fd, view[written:written + (64 << 20)])
-        return ort.InferenceSession(f"/proc/self/fd/{fd}", so, providers=CPU)
+        return ort.InferenceSession(f"/proc/self/fd/{fd}", so, providers=providers)
     finally:
         os.close(fd)  # the session has read the model; the in-memory file goes with the last reference

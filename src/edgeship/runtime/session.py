@@ -56,6 +56,11 @@ def _check_feeds(specs: list[dict[str, Any]], inputs: dict[str, Any]) -> dict[st
     return feeds
 
 
+def _providers(manifest: dict[str, Any]) -> list[str]:
+    listed = manifest.get("providers")
+    return [p for p in listed if isinstance(p, str)] if isinstance(listed, list) else []
+
+
 class Runtime:
     """Open with :meth:`open`; then :meth:`predict` (or :meth:`classify` for text classifiers)."""
 
@@ -83,12 +88,14 @@ class Runtime:
         state_dir: Path | str | None = None,
         allow_downgrade: bool = False,
         record: bool = True,
+        providers: list[str] | None = None,
     ) -> "Runtime":
         """Verify (signature, digests, version, decryption), load from memory, run the self-test.
 
         With ``state_dir``, a version lower than the one accepted there is refused, and this one
         is recorded as accepted after its self-test (``record=False`` leaves recording to the
-        caller: the update agent records a version only when it commits it)."""
+        caller: the update agent records a version only when it commits it). ``providers`` (default:
+        the manifest's, from the device profile the bundle was packed for) are tried in order, the CPU last."""
         import onnxruntime as ort
 
         from edgeship.bundle.keys import load_content_key
@@ -96,7 +103,7 @@ class Runtime:
         key = load_content_key(decrypt_key) if isinstance(decrypt_key, (str, Path)) else decrypt_key
         bundle = verify_bundle(path, _keys(trusted_keys), key, state_dir, allow_downgrade, record=False)
         try:  # from memory; the session keeps no copy of the model bytes (see edgeship.core.session)
-            session = open_session(bundle.model_bytes, threads)
+            session = open_session(bundle.model_bytes, threads, providers=providers or _providers(bundle.manifest))
         except Exception as exc:  # verified, but this ONNX Runtime cannot load it
             made_by = bundle.manifest.get("runtime", {}).get("onnxruntime", "?")
             raise BundleError(

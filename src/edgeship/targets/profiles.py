@@ -46,6 +46,8 @@ class Profile:
     measured: bool = False  # True for `host`: figures measured on this machine
     #: x86 /proc/cpuinfo-style ISA flags (avx2, avx512_vnni, ...); empty for other architectures
     cpu_flags: tuple[str, ...] = ()
+    #: ONNX Runtime execution providers to try, in order (the CPU is always the last resort)
+    providers: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -71,7 +73,8 @@ class Profile:
             "idle_power_w": self.idle_power_w, "runtimes": list(self.runtimes),
             "dvfs": [s.__dict__ for s in self.dvfs], "microcontroller": self.microcontroller,
             "gpu": self.gpu, "measured": self.measured, "cpu_flags": list(self.cpu_flags),
-            "int8_saturates": self.int8_saturates, "sources": self.sources, **self.extra,
+            "int8_saturates": self.int8_saturates, "providers": list(self.providers), "sources": self.sources,
+            **self.extra,
         }
 
 
@@ -109,7 +112,14 @@ def profile_from_dict(data: dict[str, Any], where: str) -> Profile:
         raise ConfigError(f"{where}: runtimes must be a non-empty list of names, e.g. [\"onnxruntime\"].")
     known = {"id", "name", "cores", "fp32_macs_per_cycle", "int8_macs_per_cycle", "mem_bandwidth_gbs", "ram_mb",
              "storage_mb", "idle_power_w", "runtimes", "dvfs", "sources", "microcontroller",
-             "runtime_overhead_kb", "gpu", "measured", "cpu_flags"}
+             "runtime_overhead_kb", "gpu", "measured", "cpu_flags", "providers"}
+    providers = data.get("providers", [])
+    if not isinstance(providers, list) or not all(isinstance(p, str) and p.endswith("ExecutionProvider")
+                                                  for p in providers):
+        raise ConfigError(f"{where}: providers must be a list of ONNX Runtime provider names, e.g. "
+                          "[\"CUDAExecutionProvider\", \"CPUExecutionProvider\"].")
+    if providers and not str(sources.get("providers", "")).strip():
+        raise ConfigError(f"{where}: providers has no source in [sources]; cite the ONNX Runtime build the device has.")
     flags = data.get("cpu_flags", [])
     if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
         raise ConfigError(f"{where}: cpu_flags must be a list of ISA flag names, e.g. [\"avx2\", \"fma\"].")
@@ -129,7 +139,7 @@ def profile_from_dict(data: dict[str, Any], where: str) -> Profile:
         runtime_overhead_kb=(None if data.get("runtime_overhead_kb") is None
                              else _number(data, "runtime_overhead_kb", where)),
         gpu=str(data.get("gpu", "")), measured=bool(data.get("measured", False)),
-        cpu_flags=tuple(sorted(flags)),
+        cpu_flags=tuple(sorted(flags)), providers=tuple(providers),
         extra={k: v for k, v in data.items() if k not in known},
     )
 
