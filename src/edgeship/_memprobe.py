@@ -5,7 +5,8 @@ creates the session and runs the feeds; the high-water mark ``VmHWM`` (which, un
 ``ru_maxrss``, starts afresh at ``execve``) minus the resident set before is the result.
 Usage: ``python -m edgeship._memprobe MODEL.onnx FEEDS.npz THREADS`` -> one JSON line.
 A generative model: ``python -m edgeship._memprobe --llm FOLDER CONTEXT`` fills ``CONTEXT`` tokens
-(a prompt, then 16 generated) through ONNX Runtime GenAI.
+(a prompt, then 16 generated) through ONNX Runtime GenAI; an OpenVINO IR:
+``python -m edgeship._memprobe --openvino MODEL.xml FEEDS.npz THREADS``.
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def probe(model_path: str, feeds_path: str, threads: int) -> dict[str, int]:
-    import onnxruntime  # noqa: F401 - imported before the baseline: the library is not the model's memory
-
-    from edgeship.core.session import open_session
-
+def probe(model_path: str, feeds_path: str, threads: int, engine: str = "onnxruntime") -> dict[str, int]:
     with np.load(feeds_path, allow_pickle=False) as archive:
         feeds = {k: archive[k] for k in archive.files}
+    if engine == "openvino":
+        import openvino  # noqa: F401 - imported before the baseline: the library is not the model's memory
+
+        from edgeship.engines.openvino import OpenVINOSession as open_session
+    else:
+        import onnxruntime  # noqa: F401
+
+        from edgeship.core.session import open_session  # type: ignore[assignment]
     before = _status_kib("VmRSS") * 1024
     session = open_session(model_path, threads)
     for _ in range(3):
@@ -56,5 +61,7 @@ def probe_llm(folder: str, context: int) -> dict[str, int]:
 if __name__ == "__main__":
     if sys.argv[1] == "--llm":
         print(json.dumps(probe_llm(sys.argv[2], int(sys.argv[3]))))
+    elif sys.argv[1] == "--openvino":
+        print(json.dumps(probe(sys.argv[2], sys.argv[3], int(sys.argv[4]), "openvino")))
     else:
         print(json.dumps(probe(sys.argv[1], sys.argv[2], int(sys.argv[3]))))

@@ -83,7 +83,7 @@ def fit_report(
         feeds = _example_feeds(model, shapes)
         report["measured_on_host"] = {
             "latency_ms_p50": measure_latency(model.session(threads), feeds, runs=50, min_seconds=0.3)["latency_ms_p50"],
-            "peak_memory_bytes": measure_peak_memory(model.path, feeds, threads),
+            "peak_memory_bytes": measure_peak_memory(model.artifact or model.path, feeds, threads, model.engine),
             "threads": threads,
         }
     return report

@@ -66,6 +66,9 @@ class Model:
             ``token-classification``, ``question-answering``, ``fill-mask``, ``feature-extraction``,
             ``sentence-embedding``); None when unknown.
         labels: class names by class id (a classifier's ``id2label``), or empty.
+        engine: what runs it: ``onnxruntime`` (the ONNX file itself), or ``openvino`` (then
+            ``artifact`` is the OpenVINO IR made from the ONNX file, and ``engine_options`` the
+            device's compile settings).
     """
 
     path: Path
@@ -79,6 +82,9 @@ class Model:
     torch_module: Any = field(default=None, repr=False, compare=False)
     export_inputs: Any = field(default=None, repr=False, compare=False)
     teacher_module: Any = field(default=None, repr=False, compare=False)
+    engine: str = "onnxruntime"
+    artifact: Path | None = None
+    engine_options: tuple[tuple[str, str], ...] = ()
 
     # ---- facts about the file -------------------------------------------------------
     @cached_property
@@ -104,7 +110,10 @@ class Model:
 
     @property
     def files(self) -> list[Path]:
-        """The ONNX file and any external-data files beside it."""
+        """The files that ship: the ONNX file and any external data beside it, or the engine's own
+        (an OpenVINO IR's .xml and .bin)."""
+        if self.artifact is not None:
+            return [self.artifact, self.artifact.with_suffix(".bin")]
         extra = sorted(p for p in self.path.parent.glob(self.path.name + ".data*") if p.is_file())
         return [self.path, *extra]
 
@@ -151,7 +160,12 @@ class Model:
         return graph_stats(self.float_parent or self.path, shapes)
 
     def session(self, threads: int = 2) -> Any:
-        """A fresh ONNX Runtime CPU session with a fixed intra-op thread count (edgeship.core.session)."""
+        """A fresh session on this model's engine with a fixed thread count: ONNX Runtime on the CPU
+        (edgeship.core.session), or OpenVINO (edgeship.engines.openvino), with the same interface."""
+        if self.engine == "openvino":
+            from edgeship.engines.openvino import OpenVINOSession, OVSettings
+
+            return OpenVINOSession(self.artifact, threads, OVSettings(**dict(self.engine_options)))
         from edgeship.core.session import open_session
 
         return open_session(self.path, threads)

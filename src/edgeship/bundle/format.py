@@ -201,7 +201,10 @@ def _signed_manifest(members: dict[str, memoryview]) -> dict[str, Any]:
     if set(declared) != present:
         raise BundleError(f"the manifest lists members {sorted(declared)} but the bundle holds {sorted(present)}.")
     encrypted = bool(manifest.get("encryption"))
-    required = {Bundle.model_member(encrypted), Bundle.SELFTEST}
+    engine = manifest.get("engine", "onnxruntime")
+    if engine not in ("onnxruntime", "openvino"):
+        raise BundleError(f"the bundle's model runs on {engine!r}, which this edgeship does not know; upgrade edgeship.")
+    required = {Bundle.model_member(encrypted, engine), Bundle.SELFTEST}
     if not required <= present or present - required - Bundle.OPTIONAL:
         raise BundleError(f"the bundle holds {sorted(present)}; an {'encrypted' if encrypted else 'plain'} "
                           f"bundle holds {sorted(required)} (and optionally {sorted(Bundle.OPTIONAL)}).")
@@ -212,7 +215,7 @@ def _model_bytes(members: dict[str, memoryview], manifest: dict[str, Any], decry
     """The model, decrypted if need be; its digest is checked in a thread while it is decrypted
     (hashlib lets go of the GIL), and the plaintext is used only after the digest matched."""
     encryption = manifest.get("encryption")
-    member = Bundle.model_member(bool(encryption))
+    member = Bundle.model_member(bool(encryption), manifest.get("engine"))
     if encryption and decrypt_key is None:
         raise BundleError("the model is encrypted; pass --decrypt-key content.key.")
     digest_error: list[BundleError] = []
@@ -256,7 +259,7 @@ def verify_bundle(
     members = _read_members(Path(path))
     _check_signature(members, trusted_keys)
     manifest = _signed_manifest(members)
-    model_member = Bundle.model_member(bool(manifest.get("encryption")))
+    model_member = Bundle.model_member(bool(manifest.get("encryption")), manifest.get("engine"))
     for member in _payload_members(members) - {model_member}:
         _check_digest(member, members[member], manifest["members"][member])
     name, version = str(manifest["name"]), int(manifest["version"])

@@ -52,6 +52,7 @@ class _Source:
     lineage: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     info: ModelInfo = ModelInfo()
+    ir: Path | None = None  # an OpenVINO IR made from ``path``: the model that ships
 
 
 def _source(model: Any) -> _Source:
@@ -65,6 +66,8 @@ def _source(model: Any) -> _Source:
                 f"no candidate in {str(path)!r} passed the gate, so it has no best.onnx (its report says why each "
                 "lost); pack the model you optimized instead, or re-run optimize with a looser budget.")
         head = ReportHead.from_file(report_file)
+        if (path / "best.xml").is_file():  # the best runs on OpenVINO; best.onnx is the graph it was made from
+            return _Source(best, head.best, head.lineage, head.metrics, head.model_info, path / "best.xml")
         return _Source(best, head.best, head.lineage, head.metrics, head.model_info)
     if not path.is_file():
         raise InvalidModelError(f"model not found: {str(path)!r}; give an .onnx file or an optimize output folder.")
@@ -167,6 +170,12 @@ def _preoptimize(onnx_path: Path, feeds: dict[str, np.ndarray], expected: np.nda
     return data, "extended"
 
 
+def _engine_options(lineage: list[dict[str, Any]]) -> dict[str, str]:
+    """The OpenVINO compile settings the search measured (hint, precision), from the lineage."""
+    steps = [s for s in lineage if s.get("pass") == "openvino"]
+    return {k: str(steps[-1][k]) for k in ("hint", "precision") if k in steps[-1]} if steps else {}
+
+
 def _check_name_version(name: str, version: int) -> None:
     if not name or "/" in name or "\\" in name or name.startswith(".") or ".." in name:
         raise ConfigError(f"bundle name {name!r} must be a plain non-empty name, e.g. digits-cnn.")
@@ -232,10 +241,21 @@ def pack(
         tokenizer_json, text = text_settings(Path(tokenizer), loaded.inputs,
                                              max_length or source.info.text_max_length or 128)
     feeds = _selftest(loaded, text, tokenizer_json)
-    expected = loaded.session(1).run(None, feeds)[0]
+    engine, runtime_info = "onnxruntime", {"onnxruntime": ort.__version__}
+    if source.ir is not None:
+        import openvino
+
+        from edgeship.engines.openvino import OpenVINOSession, ir_container
+
+        engine, runtime_info = "openvino", {"openvino": openvino.__version__}
+        expected = OpenVINOSession(source.ir, 1).run(None, feeds)[0]
+    else:
+        expected = loaded.session(1).run(None, feeds)[0]
     tolerance = {"rtol": 1e-3, "atol": float(1e-3 * np.abs(expected).max() + 1e-5)}
     model_bytes, optimization = None, "none (--no-preoptimize)"
-    if preoptimize:
+    if source.ir is not None:
+        model_bytes, optimization = ir_container(source.ir), "OpenVINO IR (the engine optimizes at compile time)"
+    elif preoptimize:
         model_bytes, optimization = _preoptimize(source.path, feeds, expected, tolerance)
     model_bytes = model_bytes if model_bytes is not None else source_bytes
     selftest = io.BytesIO()
@@ -246,10 +266,10 @@ def pack(
     encryption = None
     if content_key is not None:
         nonce = os.urandom(NONCE_BYTES)  # fresh for every bundle
-        members[Bundle.MODEL_ENCRYPTED] = AESGCM(content_key).encrypt(nonce, model_bytes, aad(name, version))
+        members[Bundle.model_member(True, engine)] = AESGCM(content_key).encrypt(nonce, model_bytes, aad(name, version))
         encryption = {"alg": "AES-256-GCM", "nonce": nonce.hex(), "aad": "name+version"}
     else:
-        members[Bundle.MODEL] = model_bytes
+        members[Bundle.model_member(False, engine)] = model_bytes
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -270,7 +290,9 @@ def pack(
         "encryption": encryption,
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
         "source_model_sha256": hashlib.sha256(source_bytes).hexdigest(),
-        "runtime": {"onnxruntime": ort.__version__, "graph_optimization": optimization},
+        "engine": engine,
+        "engine_options": _engine_options(source.lineage) if engine == "openvino" else {},
+        "runtime": {**runtime_info, "graph_optimization": optimization},
         "members": {k: {"sha256": hashlib.sha256(v).hexdigest(), "size": len(v)} for k, v in members.items()},
     }
     out = Path(out)

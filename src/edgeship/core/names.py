@@ -20,16 +20,21 @@ class Bundle:
     SIGNATURE = "manifest.sig"
     MODEL = "model.onnx"
     MODEL_ENCRYPTED = "model.onnx.enc"
+    MODEL_OPENVINO = "model.ovir"  # an OpenVINO IR: the .xml and .bin in one container (engines.openvino)
+    MODEL_OPENVINO_ENCRYPTED = "model.ovir.enc"
     SELFTEST = "selftest.npz"
     TOKENIZER = "tokenizer.json"  # text models only: the tokenizer the device runs (tokenizers library)
 
     #: every member a bundle may hold; anything else is refused before it is read
-    ALLOWED = frozenset({MANIFEST, SIGNATURE, MODEL, MODEL_ENCRYPTED, SELFTEST, TOKENIZER})
+    ALLOWED = frozenset({MANIFEST, SIGNATURE, MODEL, MODEL_ENCRYPTED, MODEL_OPENVINO, MODEL_OPENVINO_ENCRYPTED,
+                         SELFTEST, TOKENIZER})
     #: members that may be present or not
     OPTIONAL = frozenset({TOKENIZER})
 
     @staticmethod
-    def model_member(encrypted: bool) -> str:
+    def model_member(encrypted: bool, engine: str | None = None) -> str:
+        if engine == "openvino":
+            return Bundle.MODEL_OPENVINO_ENCRYPTED if encrypted else Bundle.MODEL_OPENVINO
         return Bundle.MODEL_ENCRYPTED if encrypted else Bundle.MODEL
 
 

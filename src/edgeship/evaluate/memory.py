@@ -16,13 +16,16 @@ import numpy as np
 __all__ = ["measure_peak_memory"]
 
 
-def measure_peak_memory(model_path: Path, feeds: dict[str, np.ndarray], threads: int = 2) -> int:
-    """Peak bytes the session adds to a fresh process, running ``feeds`` through the model."""
+def measure_peak_memory(model_path: Path, feeds: dict[str, np.ndarray], threads: int = 2,
+                        engine: str = "onnxruntime") -> int:
+    """Peak bytes the session adds to a fresh process, running ``feeds`` through the model
+    (``model_path`` is an ONNX file, or for ``engine="openvino"`` an IR .xml)."""
     with tempfile.TemporaryDirectory(prefix="edgeship-mem-") as tmp:
         feeds_path = Path(tmp) / "feeds.npz"
         np.savez(feeds_path, **feeds)
         proc = subprocess.run(
-            [sys.executable, "-m", "edgeship._memprobe", str(model_path), str(feeds_path), str(threads)],
+            [sys.executable, "-m", "edgeship._memprobe", *(["--openvino"] if engine == "openvino" else []),
+             str(model_path), str(feeds_path), str(threads)],
             capture_output=True,
             text=True,
             timeout=600,

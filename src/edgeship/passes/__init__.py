@@ -6,6 +6,7 @@ from edgeship.passes.compact import Compact
 from edgeship.passes.distill import Distill
 from edgeship.passes.graph import OptimizeGraph
 from edgeship.passes.prune import PruneStructured, PruneUnstructured
+from edgeship.passes.openvino import ToOpenVINO
 from edgeship.passes.quantize import ConvertFp16, QuantizeDynamic, QuantizeInt4, QuantizeStatic
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "QuantizeDynamic",
     "QuantizeInt4",
     "QuantizeStatic",
+    "ToOpenVINO",
 ]

@@ -24,6 +24,9 @@ def fmt_bytes(n: float) -> str:
     return str(n)
 
 
+_ENGINE_NAMES = {"onnxruntime": "ORT", "openvino": "OpenVINO"}
+
+
 def table_rows(result: Any) -> list[dict[str, str]]:
     """One display row per candidate, shared by the HTML report and the CLI table."""
     metric = result.metric.name
@@ -35,6 +38,7 @@ def table_rows(result: Any) -> list[dict[str, str]]:
             {
                 "recipe": c.recipe + (" *" if result.best is c else ""),
                 "status": "baseline" if c is result.baseline else c.status,
+                "engine": _ENGINE_NAMES.get(c.model.engine, c.model.engine) if c.model is not None else "-",
                 metric: f"{m[metric]:.4f}" if measured else "-",
                 "p50 ms": f"{m['latency_ms_p50']:.3g}" if measured else "-",
                 "p95 ms": f"{m['latency_ms_p95']:.3g}" if measured else "-",
@@ -119,6 +123,10 @@ def _fit_html(result: Any) -> str:
 
 
 def _copy_model(model: Any, dest: Path) -> None:
+    if model.artifact is not None:  # an engine's own files (OpenVINO IR): kept under their suffixes
+        for f in model.files:
+            shutil.copyfile(f, dest.with_suffix(f.suffix))
+        return
     shutil.copyfile(model.path, dest)
     for extra in model.files[1:]:
         shutil.copyfile(extra, dest.parent / extra.name.replace(model.path.name, dest.name, 1))
@@ -146,10 +154,16 @@ def write_report(result: Any, out_dir: Path) -> Path:
         (tmp / "candidates").mkdir()
         for c in result.candidates:
             if c.model is not None:
-                _copy_model(c.model, tmp / "candidates" / f"{c.recipe}.onnx")
-                c.path = f"candidates/{c.recipe}.onnx"
+                suffix = ".xml" if c.model.artifact is not None else ".onnx"
+                _copy_model(c.model, tmp / "candidates" / f"{c.recipe}{suffix}")
+                c.path = f"candidates/{c.recipe}{suffix}"
         if result.best is not None:
-            _copy_model(result.best.model, tmp / "best.onnx")
+            best = result.best.model
+            if best.artifact is not None:  # an OpenVINO best: its IR, and the ONNX graph it was made from
+                _copy_model(best, tmp / "best.xml")
+                shutil.copyfile(best.path, tmp / "best.onnx")
+            else:
+                _copy_model(best, tmp / "best.onnx")
         pareto_plot(result, tmp / "pareto.png")
         energy_png = (tmp / "pareto_energy.png").read_bytes() if energy_plot(result, tmp / "pareto_energy.png") else None
         (tmp / "report.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")

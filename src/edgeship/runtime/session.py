@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeship.bundle.format import BundleError, verify_bundle
-from edgeship.core.errors import DataMismatchError
+from edgeship.core.errors import DataMismatchError, EdgeshipError
 from edgeship.core.rollback import record_accepted
 from edgeship.core.session import open_session
 from edgeship.core.signature import missing_and_extra, shape_fits
@@ -102,6 +102,16 @@ class Runtime:
 
         key = load_content_key(decrypt_key) if isinstance(decrypt_key, (str, Path)) else decrypt_key
         bundle = verify_bundle(path, _keys(trusted_keys), key, state_dir, allow_downgrade, record=False)
+        if bundle.manifest.get("engine") == "openvino":  # needs only edgeship[openvino] on the device
+            from edgeship.engines.openvino import OpenVINOSession, OVSettings
+
+            options = bundle.manifest.get("engine_options") or {}
+            try:
+                session = OpenVINOSession(bundle.model_bytes, threads, OVSettings(**{
+                    k: v for k, v in options.items() if k in ("hint", "precision")}))
+            except EdgeshipError as exc:
+                raise BundleError(f"{bundle.name} v{bundle.version} is authentic but {exc}") from None
+            return cls._finish(bundle, session, state_dir, record)
         try:  # from memory; the session keeps no copy of the model bytes (see edgeship.core.session)
             session = open_session(bundle.model_bytes, threads, providers=providers or _providers(bundle.manifest))
         except Exception as exc:  # verified, but this ONNX Runtime cannot load it
@@ -111,6 +121,10 @@ class Runtime:
                 f"({str(exc).splitlines()[0][:200]}); it was packed with ONNX Runtime {made_by}: install that "
                 "version or newer, or repack with --no-preoptimize."
             ) from None
+        return cls._finish(bundle, session, state_dir, record)
+
+    @classmethod
+    def _finish(cls, bundle: Any, session: Any, state_dir: Path | str | None, record: bool) -> "Runtime":
         runtime = cls(dataclasses.replace(bundle, model_bytes=b""), session)
         runtime.self_test()
         if state_dir is not None and record:  # accepted only after the self-test passed

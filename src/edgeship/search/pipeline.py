@@ -127,6 +127,7 @@ class Candidate:
         lineage = [s.to_dict() for s in self.model.lineage] if self.model else []
         return {
             "recipe": self.recipe,
+            "engine": self.model.engine if self.model else None,
             "steps": self.steps,
             "lineage": lineage,
             "status": self.status,
@@ -225,7 +226,8 @@ def evaluate_model(
     metrics["compressed_size_bytes"] = compressed_size(model)
     metrics["sparsity"] = weight_sparsity(model.path)
     if settings.measure_memory:
-        metrics["peak_memory_bytes"] = measure_peak_memory(model.path, feeds, settings.threads)
+        metrics["peak_memory_bytes"] = measure_peak_memory(model.artifact or model.path, feeds, settings.threads,
+                                                           model.engine)
     shapes = {k: v.shape for k, v in feeds.items()}  # dynamic dims sized by the evaluation data
     stats = model.stats(shapes)
     metrics.update(params=stats["params"], macs=stats["macs"])

@@ -1,0 +1,54 @@
+"""The OpenVINO engine as a pass: the ONNX model becomes an OpenVINO IR, optionally compressed by
+NNCF, and from there on runs (is timed, scored, measured) on OpenVINO. So OpenVINO candidates
+enter the same search and the same Pareto front as ONNX Runtime's. See edgeship.engines.openvino."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+from edgeship.errors import PassNotApplicableError
+from edgeship.model import Model
+from edgeship.passes.base import PassConfig, PassContext, register_pass
+
+__all__ = ["ToOpenVINO"]
+
+MAX_CALIBRATION = 300
+
+
+@register_pass
+@dataclass(frozen=True)
+class ToOpenVINO(PassConfig):
+    name = "openvino"
+    note = "runs on OpenVINO, not ONNX Runtime: the device needs edgeship[openvino]"
+
+    quantize: Literal["none", "int8", "int8-weights"] = "none"
+    hint: Literal["latency", "throughput"] = "latency"
+    precision: Literal["f32", "bf16"] = "f32"
+
+    def check(self, model: Model, ctx: PassContext) -> None:
+        if importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None:
+            raise PassNotApplicableError("OpenVINO and NNCF are not installed (pip install 'edgeship[all]').")
+        if model.engine != "onnxruntime":
+            raise PassNotApplicableError(f"the model already runs on {model.engine}.")
+        if self.quantize == "int8" and ctx.calibration is None:
+            raise PassNotApplicableError("OpenVINO int8 needs calibration data.")
+
+    def apply(self, model: Model, ctx: PassContext) -> Model:
+        from edgeship.engines.openvino import to_openvino
+
+        calibration = None
+        if self.quantize == "int8":
+            calibration = []
+            for feeds in ctx.calibration.batches(1):
+                calibration.append(feeds)
+                if len(calibration) >= MAX_CALIBRATION:
+                    break
+        text = model.tokenizer_dir is not None or any(s.name == "input_ids" for s in model.inputs)
+        ctx.say(f"OpenVINO: converting{', NNCF ' + self.quantize if self.quantize != 'none' else ''}")
+        xml = to_openvino(model.path, ctx.output_path("openvino").with_suffix(".xml"), self.quantize, calibration,
+                          text_model=text)
+        derived = model.derive(model.path, self.name, asdict(self), keeps_arch=True)
+        return replace(derived, engine="openvino", artifact=xml,
+                       engine_options=(("hint", self.hint), ("precision", self.precision)))
