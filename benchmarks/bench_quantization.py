@@ -54,6 +54,7 @@ def bench(name: str, threads: int, max_drop: float) -> dict:
     }
     if result.best is not None:
         entries[f"edgeship_best ({result.best.recipe})"] = (result.best.model.session(threads), result.best.model)
+    entries.update(_openvino_peers(model, plan, threads))
 
     reference = run_outputs(entries["onnxruntime_fp32"][0], evaluation.batches(1))
     ort_timings, eager = time_sessions([s for s, _ in entries.values()], torch_session, feeds, warmup=10,
@@ -72,7 +73,7 @@ def bench(name: str, threads: int, max_drop: float) -> dict:
         if m is not None:
             row["size_bytes"] = m.size_bytes
             row["size_ratio_vs_fp32"] = fp32_size / m.size_bytes
-            row["peak_memory_bytes"] = measure_peak_memory(m.path, feeds, threads)
+            row["peak_memory_bytes"] = measure_peak_memory(m.artifact or m.path, feeds, threads, m.engine)
         rows[label] = row
     ort_p50 = rows["onnxruntime_fp32"]["latency_ms_p50"]
     for row in rows.values():
@@ -87,6 +88,36 @@ def bench(name: str, threads: int, max_drop: float) -> dict:
         "candidates": {c.recipe: {"status": c.status, "reason": c.reason} for c in result.candidates},
         "rows": rows,
     }
+
+
+def _openvino_peers(model, plan, threads: int) -> dict:  # type: ignore[no-untyped-def]
+    """What a user who knows OpenVINO would run instead: its fp32 IR (static shapes at run time) and
+    NNCF int8 (the transformer model type with SmoothQuant for text models), straight from their APIs."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    if importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None:
+        return {}
+    import nncf
+    import openvino as ov
+
+    from edgeship.engines.openvino import OpenVINOSession
+
+    work = scratch_dir("peer-ov")
+    calibration = list(plan.calibration.batches(1))[:300]
+    text = any(s.name == "input_ids" for s in model.inputs)
+    fp32 = ov.convert_model(str(model.path))
+    ov.save_model(fp32, str(work / "fp32.xml"), compress_to_fp16=False)
+    options = {"model_type": nncf.ModelType.TRANSFORMER} if text else {}
+    int8 = nncf.quantize(ov.convert_model(str(model.path)), nncf.Dataset(calibration), subset_size=len(calibration),
+                         **options)
+    ov.save_model(int8, str(work / "int8.xml"), compress_to_fp16=False)
+    peers = {}
+    for label, xml in (("openvino_fp32", work / "fp32.xml"), ("openvino_nncf_int8", work / "int8.xml")):
+        size = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+        peers[label] = (OpenVINOSession(xml, threads), SimpleNamespace(size_bytes=size, artifact=xml, path=xml,
+                                                                        engine="openvino"))
+    return peers
 
 
 def markdown(results: list[dict]) -> str:
