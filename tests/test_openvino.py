@@ -99,3 +99,15 @@ def test_an_openvino_best_packs_into_a_bundle_that_the_runtime_opens(cnn_model, 
     want = OpenVINOSession(out / "best.xml", 1).run(None, {"image": x})[0]
     got = next(iter(runtime.predict({"image": x}).values()))
     assert np.abs(got - want).max() < 1e-4
+
+
+def test_the_cli_shows_the_engine_and_its_device_extra(cnn_onnx, cnn_data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "edgeship.cli", "optimize", str(cnn_onnx), "--data", str(cnn_data["calib"]),
+                           "--eval", str(cnn_data["eval"]), "--recipes", "openvino-fp32", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]  # 1: the candidate lost to the float model (its reason shown)
+    assert "OpenVINO" in proc.stdout and "edgeship[openvino]" in proc.stdout  # not eaten as rich markup

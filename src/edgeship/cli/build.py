@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from edgeship.cli._common import console, guard, print_json, progress_runner
@@ -76,9 +77,9 @@ def _print_results(result: Any, out: Path) -> None:
         console.print(_fit_table(result))
     for c in result.candidates:
         if c.reason:
-            console.print(f"  [dim]{c.recipe} {c.status}:[/] {c.reason}", highlight=False)
+            console.print(f"  [dim]{c.recipe} {c.status}:[/] {escape(c.reason)}", highlight=False)
         for note in c.notes:
-            console.print(f"  [dim]{c.recipe} note:[/] {note}", highlight=False)
+            console.print(f"  [dim]{c.recipe} note:[/] {escape(note)}", highlight=False)
     if result.best is None:
         closest = f"; closest: {result.closest.recipe}, which breaks {result.closest_reason}" if result.closest else ""
         console.print(f"[bold red]nothing fits the budget[/]{closest}", highlight=False)
