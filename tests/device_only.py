@@ -11,7 +11,7 @@ import sys
 
 #: what edgeship[runtime] does not install
 BLOCKED = {"torch", "transformers", "onnx", "onnxscript", "sklearn", "scipy", "matplotlib", "ray", "torch_pruning",
-           "safetensors", "yaml", "skl2onnx"}
+           "safetensors", "yaml", "skl2onnx", "nncf", "keras", "h5py"}
 
 
 class _NotOnDevice:

@@ -99,6 +99,18 @@ def test_an_openvino_best_packs_into_a_bundle_that_the_runtime_opens(cnn_model, 
     want = OpenVINOSession(out / "best.xml", 1).run(None, {"image": x})[0]
     got = next(iter(runtime.predict({"image": x}).values()))
     assert np.abs(got - want).max() < 1e-4
+    # on a device-only install (no torch, onnx, nncf): `edgeship run` opens it on OpenVINO
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    np.savez(tmp_path / "x.npz", image=x)
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("device_only.py")), "run", str(bundle), "--trust",
+                           str(keys["public"]), "--decrypt-key", str(keys["content"]), "--input", str(tmp_path / "x.npz"),
+                           "--output", str(tmp_path / "y.npz")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with np.load(tmp_path / "y.npz") as y:
+        assert np.abs(y[y.files[0]] - want).max() < 1e-4
 
 
 def test_the_cli_shows_the_engine_and_its_device_extra(cnn_onnx, cnn_data, tmp_path):
