@@ -134,3 +134,14 @@ print(hwm() - before)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout) < 24 << 20  # against 96 MiB of weights
     assert _sha(tmp_path / "out" / "model.onnx.data") == _sha(folder / "model.onnx.data")
+
+
+def test_run_on_an_llm_bundle_says_what_it_is(tiny_llm_bundle, llm_keys, tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "x.npz", x=np.zeros(1))
+    proc = subprocess.run([sys.executable, "-m", "edgeship.cli", "run", str(tiny_llm_bundle), "--trust",
+                           str(llm_keys["public"]), "--input", str(tmp_path / "x.npz")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "is an LLM bundle" in proc.stderr
+    assert "edgeship chat" in proc.stderr and "Traceback" not in proc.stderr

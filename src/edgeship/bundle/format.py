@@ -256,6 +256,11 @@ def verify_bundle(
     record: bool = True,
 ) -> VerifiedBundle:
     """Check signature, format, digests, version and decryption; the model stays in memory."""
+    from edgeship.bundle.llm import LLM_FORMAT, bundle_format
+
+    if bundle_format(path) == LLM_FORMAT:  # a different kind of bundle, not a damaged one
+        raise BundleError(f"{str(path)!r} is an LLM bundle (a generative model): chat with it (`edgeship chat`) or "
+                          "serve it (`edgeship serve`); `edgeship run` and the tensor runtime take tensor models.")
     members = _read_members(Path(path))
     _check_signature(members, trusted_keys)
     manifest = _signed_manifest(members)
