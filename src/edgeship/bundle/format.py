@@ -8,7 +8,9 @@ A bundle is a zip archive with exactly these members (stored, not compressed; na
   parameters, and the sha256 and size of every other member;
 - ``manifest.sig``: an Ed25519 signature over the exact bytes of ``manifest.json``;
 - ``model.onnx``, or ``model.onnx.enc`` (AES-256-GCM, associated data ``name`` and
-  ``version``, so a ciphertext cannot be moved into another bundle);
+  ``version``, so a ciphertext cannot be moved into another bundle); for a model that runs on
+  OpenVINO (manifest ``engine``), ``model.ovir`` or ``model.ovir.enc`` instead: the IR's .xml
+  and .bin in one container (:func:`edgeship.engines.openvino.ir_container`);
 - ``selftest.npz``: a reference input and its expected output;
 - ``tokenizer.json`` (text models only): the tokenizer the device runs with the ``tokenizers``
   library, so that text goes in and labels come out without transformers or torch.
