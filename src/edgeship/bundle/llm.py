@@ -243,14 +243,21 @@ def _copy_member(archive: zipfile.ZipFile, manifest: dict[str, Any], file: str, 
         raise BundleError(f"file {file!r} does not match its signed digest: the bundle was altered.")
 
 
-def read_llm_manifest(path: Path | str, trusted_keys: list[Any]) -> dict[str, Any]:
-    """The signed manifest, checked against ``trusted_keys`` and the archive's member list, without
-    reading (or decrypting) the files: what a publisher that holds no content key can check."""
+def read_llm_manifest(path: Path | str, trusted_keys: list[Any] | None) -> dict[str, Any]:
+    """The manifest, without reading (or decrypting) the files: what a publisher that holds no
+    content key can check. With ``trusted_keys``, signed and matching the archive's members;
+    without, only parsed (bounded), for tools that pass the bundle on to a device that verifies it."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return _signed_manifest(archive, trusted_keys)
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise BundleError(f"{str(path)!r} is not a readable bundle: {exc}.") from None
+            if trusted_keys is not None:
+                return _signed_manifest(archive, trusted_keys)
+            if archive.getinfo(Bundle.MANIFEST).file_size > MAX_MANIFEST_BYTES:
+                raise BundleError("the bundle's manifest is larger than any edgeship writes.")
+            manifest = json.loads(archive.read(Bundle.MANIFEST))
+        str(manifest["name"]), int(manifest["version"])
+        return manifest
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
+        raise BundleError(f"the manifest of {str(path)!r} is not a bundle manifest.") from None
 
 
 def verify_llm_bundle(path: Path | str, trusted_keys: list[Any], decrypt_key: bytes | None = None,

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -199,8 +200,9 @@ class GenAIModel:
             top1 += logits.argmax(-1).tolist()
         return TokenScores(nll, count, tuple(int(t) for t in top1))
 
-    @property
+    @cached_property
     def config(self) -> dict[str, Any]:
+        """The ``model`` section of genai_config.json (read once)."""
         import json
 
         return json.loads((self.folder / "genai_config.json").read_text(encoding="utf-8"))["model"]

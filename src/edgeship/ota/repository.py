@@ -207,23 +207,6 @@ def _read_index(repo: _Repo, targets: Any, model: str, channel: str) -> dict[str
     return json.loads(stored.read_bytes())
 
 
-def _llm_manifest(bundle: Path) -> dict[str, Any]:
-    """An LLM bundle's manifest, parsed only (no --trust: the device verifies)."""
-    import zipfile
-
-    from edgeship.core.errors import BundleError
-
-    try:
-        with zipfile.ZipFile(bundle) as archive:
-            if archive.getinfo("manifest.json").file_size > 4 << 20:
-                raise BundleError("the bundle's manifest is larger than any edgeship writes.")
-            manifest = json.loads(archive.read("manifest.json"))
-        str(manifest["name"]), int(manifest["version"])
-        return manifest
-    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
-        raise BundleError(f"the manifest of {str(bundle)!r} is not a bundle manifest.") from None
-
-
 def publish(
     directory: Path | str,
     bundle: Path | str,
@@ -246,7 +229,7 @@ def publish(
     repo = _Repo(Path(directory))
     bundle = Path(bundle)
     if bundle_format(bundle) == LLM_FORMAT:  # large: the signed manifest, without reading the weights
-        manifest = read_llm_manifest(bundle, trusted_keys) if trusted_keys is not None else _llm_manifest(bundle)
+        manifest = read_llm_manifest(bundle, trusted_keys)
     else:
         manifest = read_manifest(bundle, trusted_keys)
     name, version = str(manifest["name"]), int(manifest["version"])

@@ -92,11 +92,7 @@ class _Slot:
     def start(self, job: Job) -> None:
         """Reuse the cached prefix (rewind), or start a new generator."""
         og = self.model._og
-        common = 0
-        for a, b in zip(self.history, job.prompt_ids[:-1]):  # keep at least one prompt token to compute
-            if a != b:
-                break
-            common += 1
+        common = _common_prefix(self.history, job.prompt_ids[:-1])  # keep at least one prompt token to compute
         greedy = job.sampling is None or job.sampling.temperature == 0  # a seeded sampler starts afresh
         if greedy and self.generator is not None and self._sampling == job.sampling and common > 0:
             self.generator.rewind_to(common)
