@@ -389,7 +389,10 @@ def _serve(state: Path, keys, *extra: str) -> Iterator[str]:
         port = int(found.group(1)) if found else None
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_http(f"{base}/v2/health/ready")
+        import urllib.request
+
+        # serve listens before it prints its address: the request waits in the backlog, no polling
+        urllib.request.urlopen(f"{base}/v2/health/ready", timeout=60).close()
         yield base
     finally:
         serve.send_signal(signal.SIGTERM)
