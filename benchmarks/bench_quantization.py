@@ -101,7 +101,7 @@ def _openvino_peers(model, plan, threads: int) -> dict:  # type: ignore[no-untyp
     import nncf
     import openvino as ov
 
-    from edgeship.engines.openvino import OpenVINOSession
+    from edgeship.engines.openvino.session import OpenVINOSession
 
     work = scratch_dir("peer-ov")
     calibration = list(plan.calibration.batches(1))[:300]

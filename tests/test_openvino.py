@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import edgeship
-from edgeship.engines.openvino import OpenVINOSession, OVSettings, to_openvino
-from edgeship.passes import ToOpenVINO
+from edgeship.engines.openvino.convert import to_openvino
+from edgeship.engines.openvino.session import OpenVINOSession, OVSettings
+from edgeship.engines.openvino.passes import ToOpenVINO
 
 
 def test_the_ir_answers_as_the_onnx_model_at_every_batch_size(cnn_onnx, digits8, tmp_path):

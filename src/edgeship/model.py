@@ -66,9 +66,9 @@ class Model:
             ``token-classification``, ``question-answering``, ``fill-mask``, ``feature-extraction``,
             ``sentence-embedding``); None when unknown.
         labels: class names by class id (a classifier's ``id2label``), or empty.
-        engine: what runs it: ``onnxruntime`` (the ONNX file itself), or ``openvino`` (then
-            ``artifact`` is the OpenVINO IR made from the ONNX file, and ``engine_options`` the
-            device's compile settings).
+        engine: what runs it (a name in ``edgeship.engines``): ``onnxruntime`` (the ONNX file
+            itself), or another engine, whose model ``artifact`` was made from the ONNX file
+            (an OpenVINO IR, a LiteRT flatbuffer), with ``engine_options`` the device's compile settings.
     """
 
     path: Path
@@ -111,9 +111,11 @@ class Model:
     @property
     def files(self) -> list[Path]:
         """The files that ship: the ONNX file and any external data beside it, or the engine's own
-        (an OpenVINO IR's .xml and .bin)."""
+        (an OpenVINO IR's .xml and .bin, a LiteRT .tflite)."""
         if self.artifact is not None:
-            return [self.artifact, self.artifact.with_suffix(".bin")]
+            from edgeship.engines import get_engine
+
+            return get_engine(self.engine).files(self.artifact)
         extra = sorted(p for p in self.path.parent.glob(self.path.name + ".data*") if p.is_file())
         return [self.path, *extra]
 
@@ -160,15 +162,11 @@ class Model:
         return graph_stats(self.float_parent or self.path, shapes)
 
     def session(self, threads: int = 2) -> Any:
-        """A fresh session on this model's engine with a fixed thread count: ONNX Runtime on the CPU
-        (edgeship.core.session), or OpenVINO (edgeship.engines.openvino), with the same interface."""
-        if self.engine == "openvino":
-            from edgeship.engines.openvino import OpenVINOSession, OVSettings
+        """A fresh session on this model's engine (edgeship.engines) with a fixed thread count; every
+        engine answers with ONNX Runtime's session interface."""
+        from edgeship.engines import get_engine
 
-            return OpenVINOSession(self.artifact, threads, OVSettings(**dict(self.engine_options)))
-        from edgeship.core.session import open_session
-
-        return open_session(self.path, threads)
+        return get_engine(self.engine).open(self.artifact or self.path, threads, dict(self.engine_options))
 
     def run(self, feeds: dict[str, np.ndarray], threads: int = 2) -> list[np.ndarray]:
         return self.session(threads).run(None, feeds)

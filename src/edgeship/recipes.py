@@ -84,12 +84,6 @@ def model_family(model: Model) -> str:
     return "other"
 
 
-def _installed(package: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(package) is not None
-
-
 def auto_recipes(model: Model, with_training: bool = False) -> list[Recipe]:
     """The presets worth trying for this kind of model; with training data and a PyTorch
     module, also the pruning and distillation chains."""
@@ -99,8 +93,11 @@ def auto_recipes(model: Model, with_training: bool = False) -> list[Recipe]:
     names = list(data["auto"][family])
     if with_training and model.torch_module is not None:
         names += data["auto_train"][family]
-    if _installed("openvino") and _installed("nncf"):  # every installed engine enters the same search
-        names += data["auto_engines"][family]
+    from edgeship.engines import ENGINES
+
+    for engine, by_family in data["auto_engines"].items():  # every installed engine enters the same search
+        if engine in ENGINES and ENGINES[engine].buildable():
+            names += by_family.get(family, [])
     return [table[n] for n in names]
 
 

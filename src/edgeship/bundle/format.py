@@ -9,8 +9,9 @@ A bundle is a zip archive with exactly these members (stored, not compressed; na
 - ``manifest.sig``: an Ed25519 signature over the exact bytes of ``manifest.json``;
 - ``model.onnx``, or ``model.onnx.enc`` (AES-256-GCM, associated data ``name`` and
   ``version``, so a ciphertext cannot be moved into another bundle); for a model that runs on
-  OpenVINO (manifest ``engine``), ``model.ovir`` or ``model.ovir.enc`` instead: the IR's .xml
-  and .bin in one container (:func:`edgeship.engines.openvino.ir_container`);
+  another engine (manifest ``engine``), that engine's member instead (``Engine.member``):
+  ``model.ovir`` for OpenVINO (the IR's .xml and .bin in one container,
+  :func:`edgeship.engines.openvino.session.ir_container`), ``model.tflite`` for LiteRT;
 - ``selftest.npz``: a reference input and its expected output;
 - ``tokenizer.json`` (text models only): the tokenizer the device runs with the ``tokenizers``
   library, so that text goes in and labels come out without transformers or torch.
@@ -130,7 +131,9 @@ def _read_members(path: Path) -> dict[str, memoryview]:
     names = [i.filename for i in infos]
     if len(set(names)) != len(names):
         raise BundleError(f"{str(path)!r} has duplicate members; refusing it.")
-    unexpected = sorted(set(names) - Bundle.ALLOWED)
+    from edgeship.engines import ENGINES
+
+    unexpected = sorted(set(names) - Bundle.allowed([e.member for e in ENGINES.values()]))
     if unexpected:
         raise BundleError(f"{str(path)!r} has unexpected members {unexpected}: it is damaged (truncated?) "
                           "or not an .edgeship bundle; refusing it.")
@@ -203,21 +206,29 @@ def _signed_manifest(members: dict[str, memoryview]) -> dict[str, Any]:
     if set(declared) != present:
         raise BundleError(f"the manifest lists members {sorted(declared)} but the bundle holds {sorted(present)}.")
     encrypted = bool(manifest.get("encryption"))
-    engine = manifest.get("engine", "onnxruntime")
-    if engine not in ("onnxruntime", "openvino"):
-        raise BundleError(f"the bundle's model runs on {engine!r}, which this edgeship does not know; upgrade edgeship.")
-    required = {Bundle.model_member(encrypted, engine), Bundle.SELFTEST}
+    required = {_model_member(manifest), Bundle.SELFTEST}
     if not required <= present or present - required - Bundle.OPTIONAL:
         raise BundleError(f"the bundle holds {sorted(present)}; an {'encrypted' if encrypted else 'plain'} "
                           f"bundle holds {sorted(required)} (and optionally {sorted(Bundle.OPTIONAL)}).")
     return manifest
 
 
+def _model_member(manifest: dict[str, Any]) -> str:
+    """The model's member, by the manifest's engine; an engine this edgeship does not know is refused."""
+    from edgeship.engines import ENGINES
+
+    engine = manifest.get("engine", "onnxruntime")
+    if engine not in ENGINES:
+        raise BundleError(f"the bundle's model runs on {engine!r}, which this edgeship does not know (it knows "
+                          f"{sorted(ENGINES)}); upgrade edgeship.")
+    return Bundle.model_member(bool(manifest.get("encryption")), ENGINES[engine].member)
+
+
 def _model_bytes(members: dict[str, memoryview], manifest: dict[str, Any], decrypt_key: bytes | None) -> bytes:
     """The model, decrypted if need be; its digest is checked in a thread while it is decrypted
     (hashlib lets go of the GIL), and the plaintext is used only after the digest matched."""
     encryption = manifest.get("encryption")
-    member = Bundle.model_member(bool(encryption), manifest.get("engine"))
+    member = _model_member(manifest)
     if encryption and decrypt_key is None:
         raise BundleError("the model is encrypted; pass --decrypt-key content.key.")
     digest_error: list[BundleError] = []
@@ -266,7 +277,7 @@ def verify_bundle(
     members = _read_members(Path(path))
     _check_signature(members, trusted_keys)
     manifest = _signed_manifest(members)
-    model_member = Bundle.model_member(bool(manifest.get("encryption")), manifest.get("engine"))
+    model_member = _model_member(manifest)
     for member in _payload_members(members) - {model_member}:
         _check_digest(member, members[member], manifest["members"][member])
     name, version = str(manifest["name"]), int(manifest["version"])

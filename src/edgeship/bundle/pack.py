@@ -52,7 +52,8 @@ class _Source:
     lineage: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     info: ModelInfo = ModelInfo()
-    ir: Path | None = None  # an OpenVINO IR made from ``path``: the model that ships
+    engine: str = "onnxruntime"
+    artifact: Path | None = None  # another engine's model made from ``path`` (an IR, a .tflite): the model that ships
 
 
 def _source(model: Any) -> _Source:
@@ -65,10 +66,16 @@ def _source(model: Any) -> _Source:
             raise InvalidModelError(
                 f"no candidate in {str(path)!r} passed the gate, so it has no best.onnx (its report says why each "
                 "lost); pack the model you optimized instead, or re-run optimize with a looser budget.")
+        from edgeship.engines import DEFAULT_ENGINE, ENGINES
+
         head = ReportHead.from_file(report_file)
-        if (path / "best.xml").is_file():  # the best runs on OpenVINO; best.onnx is the graph it was made from
-            return _Source(best, head.best, head.lineage, head.metrics, head.model_info, path / "best.xml")
-        return _Source(best, head.best, head.lineage, head.metrics, head.model_info)
+        engine = next((s["pass"] for s in reversed(head.lineage) if s.get("pass") in ENGINES), DEFAULT_ENGINE)
+        artifact = path / f"best{ENGINES[engine].suffix}"  # best.onnx is the graph another engine's model came from
+        if engine != DEFAULT_ENGINE and not artifact.is_file():
+            raise InvalidModelError(f"{str(path)!r}: the best runs on {ENGINES[engine].label} but {artifact.name} "
+                                    "is missing; re-run optimize.")
+        return _Source(best, head.best, head.lineage, head.metrics, head.model_info, engine,
+                       artifact if engine != DEFAULT_ENGINE else None)
     if not path.is_file():
         raise InvalidModelError(f"model not found: {str(path)!r}; give an .onnx file or an optimize output folder.")
     return _Source(path)
@@ -170,10 +177,10 @@ def _preoptimize(onnx_path: Path, feeds: dict[str, np.ndarray], expected: np.nda
     return data, "extended"
 
 
-def _engine_options(lineage: list[dict[str, Any]]) -> dict[str, str]:
-    """The OpenVINO compile settings the search measured (hint, precision), from the lineage."""
-    steps = [s for s in lineage if s.get("pass") == "openvino"]
-    return {k: str(steps[-1][k]) for k in ("hint", "precision") if k in steps[-1]} if steps else {}
+def _version(package: str) -> str:
+    from importlib import import_module
+
+    return str(getattr(import_module(package), "__version__", "?"))
 
 
 def _check_name_version(name: str, version: int) -> None:
@@ -214,8 +221,9 @@ def pack(
     optimize folder of a Hugging Face model, its own) lets the device take text, padded or cut
     to ``max_length`` tokens (default: the length the model was evaluated at, else 128).
     """
-    import onnxruntime as ort
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from edgeship.engines import get_engine
 
     from edgeship.importers.onnx_file import load_onnx
 
@@ -241,20 +249,16 @@ def pack(
         tokenizer_json, text = text_settings(Path(tokenizer), loaded.inputs,
                                              max_length or source.info.text_max_length or 128)
     feeds = _selftest(loaded, text, tokenizer_json)
-    engine, runtime_info = "onnxruntime", {"onnxruntime": ort.__version__}
-    if source.ir is not None:
-        import openvino
-
-        from edgeship.engines.openvino import OpenVINOSession, ir_container
-
-        engine, runtime_info = "openvino", {"openvino": openvino.__version__}
-        expected = OpenVINOSession(source.ir, 1).run(None, feeds)[0]
+    engine = get_engine(source.engine)
+    options = engine.options_from(source.lineage)
+    if source.artifact is not None:
+        expected = engine.open(source.artifact, 1, options).run(None, feeds)[0]
     else:
         expected = loaded.session(1).run(None, feeds)[0]
     tolerance = {"rtol": 1e-3, "atol": float(1e-3 * np.abs(expected).max() + 1e-5)}
     model_bytes, optimization = None, "none (--no-preoptimize)"
-    if source.ir is not None:
-        model_bytes, optimization = ir_container(source.ir), "OpenVINO IR (the engine optimizes at compile time)"
+    if source.artifact is not None:
+        model_bytes, optimization = engine.model_bytes(source.artifact), f"{engine.label} (the engine's own format)"
     elif preoptimize:
         model_bytes, optimization = _preoptimize(source.path, feeds, expected, tolerance)
     model_bytes = model_bytes if model_bytes is not None else source_bytes
@@ -266,10 +270,10 @@ def pack(
     encryption = None
     if content_key is not None:
         nonce = os.urandom(NONCE_BYTES)  # fresh for every bundle
-        members[Bundle.model_member(True, engine)] = AESGCM(content_key).encrypt(nonce, model_bytes, aad(name, version))
+        members[Bundle.model_member(True, engine.member)] = AESGCM(content_key).encrypt(nonce, model_bytes, aad(name, version))
         encryption = {"alg": "AES-256-GCM", "nonce": nonce.hex(), "aad": "name+version"}
     else:
-        members[Bundle.model_member(False, engine)] = model_bytes
+        members[Bundle.model_member(False, engine.member)] = model_bytes
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -290,9 +294,9 @@ def pack(
         "encryption": encryption,
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
         "source_model_sha256": hashlib.sha256(source_bytes).hexdigest(),
-        "engine": engine,
-        "engine_options": _engine_options(source.lineage) if engine == "openvino" else {},
-        "runtime": {**runtime_info, "graph_optimization": optimization},
+        "engine": engine.name,
+        "engine_options": options,
+        "runtime": {engine.package: _version(engine.package), "graph_optimization": optimization},
         "members": {k: {"sha256": hashlib.sha256(v).hexdigest(), "size": len(v)} for k, v in members.items()},
     }
     out = Path(out)

@@ -18,24 +18,25 @@ class Bundle:
 
     MANIFEST = "manifest.json"
     SIGNATURE = "manifest.sig"
-    MODEL = "model.onnx"
-    MODEL_ENCRYPTED = "model.onnx.enc"
-    MODEL_OPENVINO = "model.ovir"  # an OpenVINO IR: the .xml and .bin in one container (engines.openvino)
-    MODEL_OPENVINO_ENCRYPTED = "model.ovir.enc"
+    MODEL = "model.onnx"  # the model member of an ONNX Runtime bundle; other engines name theirs (Engine.member)
+    ENCRYPTED_SUFFIX = ".enc"
     SELFTEST = "selftest.npz"
     TOKENIZER = "tokenizer.json"  # text models only: the tokenizer the device runs (tokenizers library)
 
-    #: every member a bundle may hold; anything else is refused before it is read
-    ALLOWED = frozenset({MANIFEST, SIGNATURE, MODEL, MODEL_ENCRYPTED, MODEL_OPENVINO, MODEL_OPENVINO_ENCRYPTED,
-                         SELFTEST, TOKENIZER})
+    #: every member a bundle may hold besides its model; anything else is refused before it is read
+    FIXED = frozenset({MANIFEST, SIGNATURE, SELFTEST, TOKENIZER})
     #: members that may be present or not
     OPTIONAL = frozenset({TOKENIZER})
 
     @staticmethod
-    def model_member(encrypted: bool, engine: str | None = None) -> str:
-        if engine == "openvino":
-            return Bundle.MODEL_OPENVINO_ENCRYPTED if encrypted else Bundle.MODEL_OPENVINO
-        return Bundle.MODEL_ENCRYPTED if encrypted else Bundle.MODEL
+    def model_member(encrypted: bool, member: str = MODEL) -> str:
+        """The model's member name: the engine's ``member``, with ``.enc`` when encrypted."""
+        return member + Bundle.ENCRYPTED_SUFFIX if encrypted else member
+
+    @staticmethod
+    def allowed(model_members: list[str]) -> frozenset[str]:
+        """Every member a bundle may hold, given the model members of the known engines."""
+        return Bundle.FIXED | {Bundle.model_member(e, m) for m in model_members for e in (False, True)}
 
 
 class StateDir:

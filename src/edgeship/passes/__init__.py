@@ -1,4 +1,5 @@
-"""Compression and optimization passes. Importing this package registers every pass."""
+"""Compression and optimization passes. Importing this package registers every pass, the engines'
+conversion passes included (each engine names its pass module)."""
 
 from edgeship.passes.base import PASSES, PassConfig, PassContext, pass_from_dict, register_pass
 from edgeship.passes.cluster import Cluster
@@ -6,7 +7,6 @@ from edgeship.passes.compact import Compact
 from edgeship.passes.distill import Distill
 from edgeship.passes.graph import OptimizeGraph
 from edgeship.passes.prune import PruneStructured, PruneUnstructured
-from edgeship.passes.openvino import ToOpenVINO
 from edgeship.passes.quantize import ConvertFp16, QuantizeDynamic, QuantizeInt4, QuantizeStatic
 
 __all__ = [
@@ -25,5 +25,19 @@ __all__ = [
     "QuantizeDynamic",
     "QuantizeInt4",
     "QuantizeStatic",
-    "ToOpenVINO",
+    "load_engine_passes",
 ]
+
+
+def load_engine_passes() -> None:
+    """Register each engine's conversion pass (OpenVINO's ``openvino``, LiteRT's ``litert``, ...)."""
+    from importlib import import_module
+
+    from edgeship.engines import ENGINES
+
+    for engine in ENGINES.values():
+        if engine.passes:
+            import_module(engine.passes)
+
+
+load_engine_passes()

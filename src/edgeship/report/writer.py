@@ -24,7 +24,10 @@ def fmt_bytes(n: float) -> str:
     return str(n)
 
 
-_ENGINE_NAMES = {"onnxruntime": "ORT", "openvino": "OpenVINO"}
+def _engine_label(name: str) -> str:
+    from edgeship.engines import ENGINES
+
+    return ENGINES[name].label if name in ENGINES else name
 
 
 def table_rows(result: Any) -> list[dict[str, str]]:
@@ -38,7 +41,7 @@ def table_rows(result: Any) -> list[dict[str, str]]:
             {
                 "recipe": c.recipe + (" *" if result.best is c else ""),
                 "status": "baseline" if c is result.baseline else c.status,
-                "engine": _ENGINE_NAMES.get(c.model.engine, c.model.engine) if c.model is not None else "-",
+                "engine": _engine_label(c.model.engine) if c.model is not None else "-",
                 metric: f"{m[metric]:.4f}" if measured else "-",
                 "p50 ms": f"{m['latency_ms_p50']:.3g}" if measured else "-",
                 "p95 ms": f"{m['latency_ms_p95']:.3g}" if measured else "-",
@@ -123,7 +126,7 @@ def _fit_html(result: Any) -> str:
 
 
 def _copy_model(model: Any, dest: Path) -> None:
-    if model.artifact is not None:  # an engine's own files (OpenVINO IR): kept under their suffixes
+    if model.artifact is not None:  # an engine's own files (an OpenVINO IR, a .tflite): kept under their suffixes
         for f in model.files:
             shutil.copyfile(f, dest.with_suffix(f.suffix))
         return
@@ -154,13 +157,13 @@ def write_report(result: Any, out_dir: Path) -> Path:
         (tmp / "candidates").mkdir()
         for c in result.candidates:
             if c.model is not None:
-                suffix = ".xml" if c.model.artifact is not None else ".onnx"
+                suffix = c.model.artifact.suffix if c.model.artifact is not None else ".onnx"
                 _copy_model(c.model, tmp / "candidates" / f"{c.recipe}{suffix}")
                 c.path = f"candidates/{c.recipe}{suffix}"
         if result.best is not None:
             best = result.best.model
-            if best.artifact is not None:  # an OpenVINO best: its IR, and the ONNX graph it was made from
-                _copy_model(best, tmp / "best.xml")
+            if best.artifact is not None:  # another engine's best: its model, and the ONNX graph it was made from
+                _copy_model(best, tmp / f"best{best.artifact.suffix}")
                 shutil.copyfile(best.path, tmp / "best.onnx")
             else:
                 _copy_model(best, tmp / "best.onnx")

@@ -15,7 +15,6 @@ import numpy as np
 from edgeship.bundle.format import BundleError, verify_bundle
 from edgeship.core.errors import DataMismatchError, EdgeshipError
 from edgeship.core.rollback import record_accepted
-from edgeship.core.session import open_session
 from edgeship.core.signature import missing_and_extra, shape_fits
 
 __all__ = ["Runtime", "RuntimeInputError", "TEXT_INPUT"]
@@ -96,30 +95,27 @@ class Runtime:
         is recorded as accepted after its self-test (``record=False`` leaves recording to the
         caller: the update agent records a version only when it commits it). ``providers`` (default:
         the manifest's, from the device profile the bundle was packed for) are tried in order, the CPU last."""
-        import onnxruntime as ort
-
         from edgeship.bundle.keys import load_content_key
+        from edgeship.engines import get_engine
 
         key = load_content_key(decrypt_key) if isinstance(decrypt_key, (str, Path)) else decrypt_key
         bundle = verify_bundle(path, _keys(trusted_keys), key, state_dir, allow_downgrade, record=False)
-        if bundle.manifest.get("engine") == "openvino":  # needs only edgeship[openvino] on the device
-            from edgeship.engines.openvino import OpenVINOSession, OVSettings
+        engine = get_engine(bundle.manifest.get("engine"))  # the device needs only this engine's extra
+        options = bundle.manifest.get("engine_options")
+        try:  # from memory; ONNX Runtime keeps no copy of the model bytes (see edgeship.core.session)
+            session = engine.open(bundle.model_bytes, threads, options if isinstance(options, dict) else {},
+                                  providers or _providers(bundle.manifest))
+        except EdgeshipError as exc:  # the engine is missing, or refused the model with a reason
+            raise BundleError(f"{bundle.name} v{bundle.version} is authentic but {exc}") from None
+        except Exception as exc:  # verified, but this version of the engine cannot load it
+            from importlib import import_module
 
-            options = bundle.manifest.get("engine_options") or {}
-            try:
-                session = OpenVINOSession(bundle.model_bytes, threads, OVSettings(**{
-                    k: v for k, v in options.items() if k in ("hint", "precision")}))
-            except EdgeshipError as exc:
-                raise BundleError(f"{bundle.name} v{bundle.version} is authentic but {exc}") from None
-            return cls._finish(bundle, session, state_dir, record)
-        try:  # from memory; the session keeps no copy of the model bytes (see edgeship.core.session)
-            session = open_session(bundle.model_bytes, threads, providers=providers or _providers(bundle.manifest))
-        except Exception as exc:  # verified, but this ONNX Runtime cannot load it
-            made_by = bundle.manifest.get("runtime", {}).get("onnxruntime", "?")
+            made_by = bundle.manifest.get("runtime", {}).get(engine.package, "?")
+            here = getattr(import_module(engine.package), "__version__", "?")
             raise BundleError(
-                f"{bundle.name} v{bundle.version} is authentic but ONNX Runtime {ort.__version__} cannot load it "
-                f"({str(exc).splitlines()[0][:200]}); it was packed with ONNX Runtime {made_by}: install that "
-                "version or newer, or repack with --no-preoptimize."
+                f"{bundle.name} v{bundle.version} is authentic but {engine.label} {here} cannot load it "
+                f"({str(exc).splitlines()[0][:200]}); it was packed with {engine.label} {made_by}: install that "
+                "version or newer" + (", or repack with --no-preoptimize." if engine.name == "onnxruntime" else ".")
             ) from None
         return cls._finish(bundle, session, state_dir, record)
 

@@ -227,7 +227,7 @@ def evaluate_model(
     metrics["sparsity"] = weight_sparsity(model.path)
     if settings.measure_memory:
         metrics["peak_memory_bytes"] = measure_peak_memory(model.artifact or model.path, feeds, settings.threads,
-                                                           model.engine)
+                                                           model.engine, dict(model.engine_options))
     shapes = {k: v.shape for k, v in feeds.items()}  # dynamic dims sized by the evaluation data
     stats = model.stats(shapes)
     metrics.update(params=stats["params"], macs=stats["macs"])

@@ -1,13 +1,14 @@
 """The OpenVINO engine as a pass: the ONNX model becomes an OpenVINO IR, optionally compressed by
 NNCF, and from there on runs (is timed, scored, measured) on OpenVINO. So OpenVINO candidates
-enter the same search and the same Pareto front as ONNX Runtime's. See edgeship.engines.openvino."""
+enter the same search and the same Pareto front as ONNX Runtime's. See edgeship.engines.openvino.convert."""
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
+from edgeship.engines import DEFAULT_ENGINE
+from edgeship.engines.openvino import ENGINE
 from edgeship.errors import PassNotApplicableError
 from edgeship.model import Model
 from edgeship.passes.base import PassConfig, PassContext, register_pass
@@ -28,15 +29,15 @@ class ToOpenVINO(PassConfig):
     precision: Literal["f32", "bf16"] = "f32"
 
     def check(self, model: Model, ctx: PassContext) -> None:
-        if importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None:
+        if not ENGINE.buildable():
             raise PassNotApplicableError("OpenVINO and NNCF are not installed (pip install 'edgeship[all]').")
-        if model.engine != "onnxruntime":
+        if model.engine != DEFAULT_ENGINE:
             raise PassNotApplicableError(f"the model already runs on {model.engine}.")
         if self.quantize == "int8" and ctx.calibration is None:
             raise PassNotApplicableError("OpenVINO int8 needs calibration data.")
 
     def apply(self, model: Model, ctx: PassContext) -> Model:
-        from edgeship.engines.openvino import to_openvino
+        from edgeship.engines.openvino.convert import to_openvino
 
         calibration = None
         if self.quantize == "int8":
@@ -47,8 +48,8 @@ class ToOpenVINO(PassConfig):
                     break
         text = model.tokenizer_dir is not None or any(s.name == "input_ids" for s in model.inputs)
         ctx.say(f"OpenVINO: converting{', NNCF ' + self.quantize if self.quantize != 'none' else ''}")
-        xml = to_openvino(model.path, ctx.output_path("openvino").with_suffix(".xml"), self.quantize, calibration,
+        xml = to_openvino(model.path, ctx.output_path("openvino").with_suffix(ENGINE.suffix), self.quantize, calibration,
                           text_model=text)
         derived = model.derive(model.path, self.name, asdict(self), keeps_arch=True)
-        return replace(derived, engine="openvino", artifact=xml,
+        return replace(derived, engine=ENGINE.name, artifact=xml,
                        engine_options=(("hint", self.hint), ("precision", self.precision)))

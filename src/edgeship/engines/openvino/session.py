@@ -1,11 +1,6 @@
-"""OpenVINO as an engine beside ONNX Runtime: IR conversion, NNCF compression, and a session.
+"""OpenVINO on the device (``edgeship[openvino]``: openvino only).
 
-Build side (``edgeship[all]``: openvino, nncf): :func:`to_openvino` converts an ONNX model to
-OpenVINO IR (``.xml`` + ``.bin``) and optionally compresses it with NNCF: post-training int8
-quantization (the transformer model type, with SmoothQuant, for text models; fast bias correction),
-or int8 weight compression.
-
-Device side (``edgeship[openvino]``: openvino only): :class:`OpenVINOSession` opens the IR with a
+:class:`OpenVINOSession` opens an IR with a
 performance hint (latency or throughput) and an inference precision (f32 or bf16), and compiles
 one static-shape model per input shape it sees ("static shapes where the data allows": the first
 run at a shape reshapes and compiles, later runs at that shape reuse it). It answers like an ONNX
@@ -23,7 +18,7 @@ import numpy as np
 
 from edgeship.core.errors import ConfigError, InvalidModelError
 
-__all__ = ["to_openvino", "OpenVINOSession", "OVSettings", "IR_SUFFIX", "ir_container", "split_container"]
+__all__ = ["OpenVINOSession", "OVSettings", "IR_SUFFIX", "ir_container", "split_container", "open_model"]
 
 IR_SUFFIX = ".xml"
 _MAGIC = b"EDGESHIP-OVIR1\n"  # a bundle's model member for OpenVINO: magic, xml length (u64 LE), xml, bin
@@ -142,31 +137,7 @@ class OpenVINOSession:
         return [np.asarray(by_name[n]) for n in wanted]
 
 
-def to_openvino(onnx_path: Path, out_xml: Path, quantize: str = "none", calibration: Any = None,
-                text_model: bool = False, ignored_scope: list[str] | None = None) -> Path:
-    """Convert to IR and compress: ``quantize`` is ``none`` (fp32 IR), ``int8`` (NNCF post-training
-    quantization on ``calibration``, a list of feed dicts) or ``int8-weights`` (weight compression)."""
-    ov = _ov()
-    model = ov.convert_model(str(onnx_path))
-    if quantize == "int8":
-        import nncf
-
-        if not calibration:
-            raise ConfigError("OpenVINO int8 needs calibration data (--data).")
-        options: dict[str, Any] = {"subset_size": min(300, len(calibration)), "fast_bias_correction": True,
-                                   "preset": nncf.QuantizationPreset.MIXED if text_model
-                                   else nncf.QuantizationPreset.PERFORMANCE}
-        if text_model:
-            options["model_type"] = nncf.ModelType.TRANSFORMER  # with SmoothQuant on the MatMuls
-        if ignored_scope:
-            options["ignored_scope"] = nncf.IgnoredScope(names=ignored_scope)
-        model = nncf.quantize(model, nncf.Dataset(calibration), **options)
-    elif quantize == "int8-weights":
-        import nncf
-
-        model = nncf.compress_weights(model)
-    elif quantize != "none":
-        raise ConfigError(f"OpenVINO quantize must be none, int8 or int8-weights, got {quantize!r}.")
-    out_xml.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(model, str(out_xml), compress_to_fp16=False)
-    return out_xml
+def open_model(model: Path | str | bytes | memoryview, threads: int, options: dict[str, str],
+               providers: list[str] | None = None) -> OpenVINOSession:
+    """The engine's opener (see edgeship.engines.base): the CPU, with the measured hint and precision."""
+    return OpenVINOSession(model, threads, OVSettings(**options))  # type: ignore[arg-type]

@@ -1,0 +1,54 @@
+"""The LiteRT engine as a pass: the model's PyTorch module becomes a .tflite flatbuffer (litert-torch),
+optionally compressed by ai-edge-quantizer, and from there on runs (is timed, scored, measured) on
+LiteRT. So LiteRT candidates enter the same search and the same Pareto front as every other
+engine's. See edgeship.engines.litert.convert."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+from edgeship.engines import DEFAULT_ENGINE
+from edgeship.engines.litert import ENGINE
+from edgeship.errors import PassNotApplicableError
+from edgeship.model import Model
+from edgeship.passes.base import PassConfig, PassContext, register_pass
+
+__all__ = ["ToLiteRT"]
+
+MAX_CALIBRATION = 200
+
+
+@register_pass
+@dataclass(frozen=True)
+class ToLiteRT(PassConfig):
+    name = "litert"
+    note = "runs on LiteRT (TensorFlow Lite), not ONNX Runtime: the device needs edgeship[litert]"
+
+    quantize: Literal["none", "dynamic-int8", "int8-weights", "int8"] = "none"
+
+    def check(self, model: Model, ctx: PassContext) -> None:
+        if not ENGINE.buildable():
+            raise PassNotApplicableError("litert-torch and ai-edge-quantizer are not installed "
+                                         "(pip install 'edgeship[all]').")
+        if model.engine != DEFAULT_ENGINE:
+            raise PassNotApplicableError(f"the model already runs on {model.engine}.")
+        if model.torch_module is None:
+            raise PassNotApplicableError("LiteRT converts from PyTorch, and this model has no PyTorch module "
+                                         "(an ONNX file, or after an ONNX pass); import it from PyTorch or Hugging Face.")
+        if ctx.calibration is None:
+            raise PassNotApplicableError("LiteRT conversion needs sample data (--data).")
+
+    def apply(self, model: Model, ctx: PassContext) -> Model:
+        from edgeship.engines.litert.convert import to_litert
+
+        samples = []
+        for feeds in ctx.calibration.batches(1):
+            samples.append(feeds)
+            if len(samples) >= MAX_CALIBRATION:
+                break
+        ctx.say(f"LiteRT: converting{', ' + self.quantize if self.quantize != 'none' else ''}")
+        path = to_litert(model.torch_module, [s.name for s in model.inputs], [s.name for s in model.outputs], samples,
+                         ctx.output_path("litert").with_suffix(ENGINE.suffix), self.quantize)
+        derived = model.derive(model.path, self.name, asdict(self), keeps_arch=True)
+        return replace(derived, engine=ENGINE.name, artifact=path)
