@@ -20,6 +20,6 @@ def open_model(model: Path | str | bytes | memoryview, threads: int, options: di
 
 
 ENGINE = register_engine(Engine(
-    name="onnxruntime", label="ORT", package="onnxruntime", extra="runtime", suffix=".onnx", member="model.onnx",
+    name="onnxruntime", label="ORT", package="onnxruntime", extra="onnxruntime", suffix=".onnx", member="model.onnx",
     opener="edgeship.engines.ort:open_model", build_packages=("onnx",),
 ))
