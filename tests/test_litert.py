@@ -48,7 +48,7 @@ def test_the_float_conversion_matches_pytorch_at_every_batch_size(cnn_tflite, tr
 def test_full_int8_has_int8_io_and_keeps_the_accuracy(cnn_tflite, trained_cnn, digits8):
     """Calibrated min/max: int8 in and out on the model; the session quantizes and dequantizes."""
     session = LiteRTSession(cnn_tflite["int8"], threads=1)
-    detail = session._base.inputs["image"]
+    detail = session._base.details["image"]
     assert np.dtype(detail["dtype"]) == np.int8 and detail["quantization"][0] > 0
     x, y = digits8["x_test"], digits8["y_test"]
     want = float((_torch_logits(trained_cnn, x).argmax(1) == y).mean())

@@ -67,6 +67,43 @@ class _Spec:
     type: str
 
 
+class _Port:
+    """One input or output tensor: its index and shape, its dtype, and a quantized one's scale and
+    zero point (read once, so a run does no dictionary work)."""
+
+    def __init__(self, detail: dict[str, Any]) -> None:
+        self.index, self.dtype = detail["index"], np.dtype(detail["dtype"])
+        self.shape = tuple(int(d) for d in detail["shape"])
+        scale, self.zero = detail["quantization"]
+        self.quantized = bool(scale) and self.dtype.kind in "iu"
+        self.scale = np.float32(scale)
+        self.inverse = np.float32(1.0 / scale) if self.quantized else np.float32(1.0)
+        self.limits = (np.iinfo(self.dtype).min, np.iinfo(self.dtype).max) if self.dtype.kind in "iu" else (0, 0)
+
+    def to_model(self, array: np.ndarray) -> np.ndarray:
+        if array.dtype == self.dtype:
+            return array
+        low, high = self.limits
+        if self.quantized:  # a full-integer model's input: quantized with the model's own scale and zero point
+            q = np.rint(array * self.inverse)
+            q += self.zero
+            return np.clip(q, low, high, out=q).astype(self.dtype)
+        if self.dtype.kind in "iu" and array.dtype.kind in "iu" and array.size and (
+                array.min() < low or array.max() > high):
+            raise DataMismatchError(f"an input holds {int(array.min())}..{int(array.max())}, beyond the {self.dtype} "
+                                    "this LiteRT model takes.")
+        return array.astype(self.dtype)
+
+    def from_model(self, array: np.ndarray) -> np.ndarray:
+        """``array`` is the interpreter's copy (get_tensor copies); a quantized output is dequantized."""
+        if self.quantized:
+            out = array.astype(np.float32)
+            out -= self.zero
+            out *= self.scale
+            return out
+        return array
+
+
 class _Bound:
     """One interpreter, allocated at one shape, with its tensors found by name."""
 
@@ -76,50 +113,28 @@ class _Bound:
 
     def _read_details(self) -> None:
         runner = self.interpreter.get_signature_runner(SIGNATURE)
-        self.inputs = runner.get_input_details()
+        self.details = runner.get_input_details()
+        self.inputs = {name: _Port(d) for name, d in self.details.items()}
+        self.shapes = {name: port.shape for name, port in self.inputs.items()}
         outputs = runner.get_output_details()
         ordered = sorted(outputs, key=_output_order)
         self.output_names = [_output_order(k)[1] for k in ordered]
-        self.outputs = [outputs[k] for k in ordered]
+        self.output_details = [outputs[k] for k in ordered]
+        self.outputs = [_Port(outputs[k]) for k in ordered]
 
     def resize(self, shapes: dict[str, tuple[int, ...]]) -> None:
         for name, shape in shapes.items():
-            self.interpreter.resize_tensor_input(self.inputs[name]["index"], list(shape))
+            self.interpreter.resize_tensor_input(self.inputs[name].index, list(shape))
         self.interpreter.allocate_tensors()
         self._read_details()
 
-    def shape_of(self, name: str) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.inputs[name]["shape"])
-
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        interpreter = self.interpreter
         for name, array in feeds.items():
-            detail = self.inputs[name]
-            self.interpreter.set_tensor(detail["index"], _to_model(array, detail))
-        self.interpreter.invoke()
-        return [_from_model(self.interpreter.get_tensor(d["index"]), d) for d in self.outputs]
-
-
-def _to_model(array: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    want = np.dtype(detail["dtype"])
-    if array.dtype == want:
-        return array
-    scale, zero = detail["quantization"]
-    if scale and want.kind in "iu":  # a full-integer model's quantized input
-        info = np.iinfo(want)
-        return np.clip(np.round(array / scale) + zero, info.min, info.max).astype(want)
-    if want.kind in "iu" and array.dtype.kind in "iu":
-        info = np.iinfo(want)
-        if array.size and (array.min() < info.min or array.max() > info.max):
-            raise DataMismatchError(f"an input holds {int(array.min())}..{int(array.max())}, beyond the {want} this "
-                                    "LiteRT model takes.")
-    return array.astype(want)
-
-
-def _from_model(array: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    scale, zero = detail["quantization"]
-    if scale and array.dtype.kind in "iu":
-        return (array.astype(np.float32) - zero) * np.float32(scale)
-    return array.copy()  # the interpreter reuses its buffer on the next run
+            port = self.inputs[name]
+            interpreter.set_tensor(port.index, port.to_model(array))
+        interpreter.invoke()
+        return [port.from_model(interpreter.get_tensor(port.index)) for port in self.outputs]
 
 
 class LiteRTSession:
@@ -134,15 +149,16 @@ class LiteRTSession:
             base = self._new()
         except ValueError as exc:  # LiteRT raises ValueError for a file it cannot read
             raise InvalidModelError(f"LiteRT cannot read the model: {str(exc).splitlines()[0]}") from None
-        if SIGNATURE not in base.interpreter.get_signature_list():
+        if SIGNATURE not in base.interpreter.get_signature_list():  # (checked after _new read it)
             raise InvalidModelError(f"the LiteRT model has no {SIGNATURE!r} signature; convert it with edgeship "
                                     "(litert-torch) so its inputs carry the model's names.")
         self._base = base
         self._by_shape: dict[tuple, _Bound | None] = {}  # None: that shape runs row by row
-        self._inputs = [_Spec(name, list(base.shape_of(name)), _TYPES.get(np.dtype(d["dtype"]), "tensor(float)"))
-                        for name, d in base.inputs.items()]
-        self._outputs = [_Spec(name, [int(x) for x in d["shape"]], _TYPES.get(np.dtype(d["dtype"]), "tensor(float)"))
-                         for name, d in zip(base.output_names, base.outputs)]
+        self._names = set(base.inputs)
+        self._inputs = [_Spec(name, list(port.shape), _TYPES.get(port.dtype, "tensor(float)"))
+                        for name, port in base.inputs.items()]
+        self._outputs = [_Spec(name, list(port.shape), _TYPES.get(port.dtype, "tensor(float)"))
+                         for name, port in zip(base.output_names, base.outputs)]
 
     def _new(self) -> _Bound:
         if self._content is not None:
@@ -162,9 +178,9 @@ class LiteRTSession:
         return ["LiteRT CPU (XNNPACK)"]
 
     def _bound_for(self, shapes: dict[str, tuple[int, ...]]) -> _Bound | None:
-        key = tuple(sorted(shapes.items()))
-        if all(self._base.shape_of(n) == s for n, s in shapes.items()):
+        if shapes == self._base.shapes:
             return self._base
+        key = tuple(sorted(shapes.items()))
         if key not in self._by_shape:
             if len(self._by_shape) >= MAX_SHAPES:
                 self._by_shape.pop(next(iter(self._by_shape)))
@@ -177,24 +193,25 @@ class LiteRTSession:
         return self._by_shape[key]
 
     def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        unknown = sorted(set(feeds) - set(self._base.inputs))
-        if unknown or len(feeds) != len(self._base.inputs):
-            raise DataMismatchError(f"the LiteRT model takes {sorted(self._base.inputs)}, got {sorted(feeds)}.")
+        if feeds.keys() != self._names:
+            raise DataMismatchError(f"the LiteRT model takes {sorted(self._names)}, got {sorted(feeds)}.")
         arrays = {n: np.asarray(v) for n, v in feeds.items()}
         bound = self._bound_for({n: a.shape for n, a in arrays.items()})
         if bound is not None:
             results = bound.run(arrays)
         else:
             results = self._row_by_row(arrays)
-        wanted = output_names or [o.name for o in self._outputs]
+        if not output_names:
+            return results
         by_name = {o.name: r for o, r in zip(self._outputs, results)}
-        return [by_name[n] for n in wanted]
+        return [by_name[n] for n in output_names]
 
     def _row_by_row(self, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
         rows = {len(a) for a in arrays.values()}
-        fits = all(a.shape[1:] == self._base.shape_of(n)[1:] for n, a in arrays.items())
-        if len(rows) != 1 or not fits or any(self._base.shape_of(n)[0] != 1 for n in arrays):
-            want = {n: list(self._base.shape_of(n)) for n in arrays}
+        base = self._base.shapes
+        fits = all(a.shape[1:] == base[n][1:] for n, a in arrays.items())
+        if len(rows) != 1 or not fits or any(base[n][0] != 1 for n in arrays):
+            want = {n: list(base[n]) for n in arrays}
             raise DataMismatchError(f"this LiteRT model was converted at shapes {want} and cannot take "
                                     f"{ {n: list(a.shape) for n, a in arrays.items()} }; give batches of that shape.")
         parts = [self._base.run({n: a[i:i + 1] for n, a in arrays.items()}) for i in range(rows.pop())]
