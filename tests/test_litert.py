@@ -5,6 +5,7 @@ bundles that a device opens with ai-edge-litert alone."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -156,3 +157,41 @@ def test_a_litert_best_packs_and_runs_on_a_device_with_only_ai_edge_litert(cnn_m
     assert proc.returncode == 0, proc.stderr[-2000:]
     with np.load(tmp_path / "y.npz") as y:
         assert np.abs(y[y.files[0]] - want).max() < 1e-5
+
+
+def test_a_tflite_file_comes_in_packs_and_runs_but_is_not_optimized_again(cnn_tflite, cnn_data, digits8, tmp_path):
+    """A .tflite from anywhere (here edgeship's own full-int8 one) is a Model on LiteRT: its signature
+    is the I/O (floats in and out: the session quantizes), it packs and runs; optimize refuses it."""
+    from edgeship.bundle import generate_keys
+    from edgeship.bundle.pack import pack
+    from edgeship.runtime import Runtime
+    from edgeship.search.pipeline import plan_optimization
+
+    model = edgeship.load(cnn_tflite["int8"])
+    assert model.engine == "litert" and model.kind == "tflite"
+    assert [(s.name, s.dtype, s.shape) for s in model.inputs] == [("image", "float32", ("batch", 1, 8, 8))]
+    keys = generate_keys(tmp_path / "keys")
+    bundle = pack(cnn_tflite["int8"], "tfl", 1, keys["private"], tmp_path / "t.edgeship")
+    x = digits8["x_test"][:3]
+    got = next(iter(Runtime.open(bundle, [str(keys["public"])]).predict({"image": x}).values()))
+    assert np.abs(got - LiteRTSession(cnn_tflite["int8"], 1).run(None, {"image": x})[0]).max() < 1e-6
+    with pytest.raises(edgeship.EdgeshipError, match="already a LiteRT model"):
+        plan_optimization(cnn_tflite["int8"], data=cnn_data["calib"], eval_data=cnn_data["eval"])
+
+
+def test_bad_tflite_and_savedmodel_inputs_get_one_line_that_says_what_to_do(tmp_path):
+    (tmp_path / "junk.tflite").write_bytes(b"\x00" * 64)
+    with pytest.raises(edgeship.EdgeshipError, match="LiteRT cannot read"):
+        edgeship.load(tmp_path / "junk.tflite")
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(edgeship.EdgeshipError, match="TFLiteConverter.from_saved_model"):
+        edgeship.load(saved)
+
+
+def test_inspect_lists_a_tflite_models_ops_and_says_what_it_cannot_count(cnn_tflite):
+    proc = subprocess.run([sys.executable, "-m", "edgeship.cli", "inspect", str(cnn_tflite["none"])],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "CONV_2D" in proc.stdout and "unknown (a .tflite model)" in proc.stdout and "logits" in proc.stdout

@@ -25,16 +25,20 @@ def inspect_model(model: Any, shapes: dict[str, tuple[int, ...]] | None = None) 
     from edgeship.importers import load
 
     model = load(model) if not isinstance(model, Model) else model
-    proto = onnx.load(str(model.path), load_external_data=False)
     shapes = shapes or {}
     stats = model.stats(shapes)
+    if model.kind == "tflite":  # LiteRT's own model: its ops from the interpreter, no ONNX opset
+        opset, ops = {}, model.session(1).op_histogram()
+    else:
+        proto = onnx.load(str(model.path), load_external_data=False)
+        opset, ops = opsets(proto), op_histogram(proto)
     return {
         "source": model.source,
         "path": str(model.path),
         "inputs": [s.to_dict() for s in model.inputs],
         "outputs": [s.to_dict() for s in model.outputs],
-        "opset": opsets(proto),
-        "ops": op_histogram(proto),
+        "opset": opset,
+        "ops": ops,
         "params": stats["params"],
         "macs": stats["macs"],  # None: unknown, and macs_unknown says why
         "macs_unknown": stats["macs_unknown"],

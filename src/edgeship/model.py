@@ -54,7 +54,8 @@ class Model:
     Attributes:
         path: the ONNX file (weights inline, or external data beside it).
         source: what the user handed in (file path, ``module:function``, HF directory).
-        kind: ``onnx``, ``torch`` or ``hf``.
+        kind: ``onnx``, ``torch``, ``hf``, or ``tflite`` (a LiteRT file: then ``path`` and ``artifact``
+            are that file, and there is no ONNX graph).
         tokenizer_dir: for Hugging Face text models, where the tokenizer lives.
         lineage: the passes applied since import, oldest first.
         float_parent: the float graph whose architecture this model has, when a pass (such
@@ -91,7 +92,10 @@ class Model:
     def _session_meta(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
         from edgeship.core.session import Optimization, open_session
 
-        sess = open_session(self.path, threads=1, optimization=Optimization.NONE)
+        if self.kind == "tflite":  # no ONNX graph: the engine's own model is all there is
+            sess = self.session(1)
+        else:
+            sess = open_session(self.path, threads=1, optimization=Optimization.NONE)
 
         def specs(args: list[Any]) -> list[TensorSpec]:
             return [
@@ -159,6 +163,8 @@ class Model:
         """
         from edgeship.evaluate.graph import graph_stats
 
+        if self.kind == "tflite":
+            return {"params": None, "macs": None, "macs_unknown": ["a .tflite model: edgeship counts on ONNX graphs"]}
         return graph_stats(self.float_parent or self.path, shapes)
 
     def session(self, threads: int = 2) -> Any:

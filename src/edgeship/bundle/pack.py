@@ -77,7 +77,10 @@ def _source(model: Any) -> _Source:
         return _Source(best, head.best, head.lineage, head.metrics, head.model_info, engine,
                        artifact if engine != DEFAULT_ENGINE else None)
     if not path.is_file():
-        raise InvalidModelError(f"model not found: {str(path)!r}; give an .onnx file or an optimize output folder.")
+        raise InvalidModelError(f"model not found: {str(path)!r}; give an .onnx or .tflite file or an optimize "
+                                "output folder.")
+    if path.suffix.lower() == ".tflite":  # already LiteRT's model: it ships as it is
+        return _Source(path, engine="litert", artifact=path)
     return _Source(path)
 
 
@@ -226,6 +229,7 @@ def pack(
     from edgeship.engines import get_engine
 
     from edgeship.importers.onnx_file import load_onnx
+    from edgeship.importers.tflite_file import load_tflite
 
     _check_name_version(name, version)
     providers: list[str] = []
@@ -237,7 +241,7 @@ def pack(
     key = load_private_key(sign_key)
     content_key = load_content_key(encrypt_key) if encrypt_key else None
     source = _source(model)
-    loaded = load_onnx(source.path)  # checked like any import
+    loaded = load_tflite(source.path) if source.path.suffix.lower() == ".tflite" else load_onnx(source.path)
     source_bytes = source.path.read_bytes()
     if len(loaded.files) > 1:
         raise InvalidModelError("models with external data files cannot be bundled yet; save the weights inline.")

@@ -275,7 +275,7 @@ def inspect(
     console.print(io)
     summary = Table(show_header=False)
     summary.add_row("opset", ", ".join(f"{k} {v}" for k, v in info["opset"].items()))
-    summary.add_row("params", f"{info['params']:,}")
+    summary.add_row("params", f"{info['params']:,}" if info["params"] is not None else "unknown (a .tflite model)")
     macs = f"{info['macs']:,}" if info["macs"] is not None else "unknown: " + "; ".join(info["macs_unknown"])
     summary.add_row("MACs", macs)
     summary.add_row("shapes from", info["shapes"]["from"] + "".join(

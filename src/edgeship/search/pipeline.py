@@ -417,6 +417,10 @@ def plan_optimization(
         raise ConfigError("device budget lines (--max-latency-ms, --max-memory-mb, --max-size-mb, --max-energy-mj) "
                           "and --objective energy need --target; see `edgeship targets`.")
     model = load(model)
+    if model.kind == "tflite":
+        raise ConfigError(f"{model.source!r} is already a LiteRT model, and edgeship optimizes ONNX graphs and "
+                          "PyTorch modules: give optimize the model it was made from (LiteRT candidates are among "
+                          "the results), or pack the .tflite as it is.")
     calibration = load_data(data, model, settings.text_max_length)
     if eval_data is None:
         calibration, evaluation = split(calibration)

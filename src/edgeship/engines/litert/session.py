@@ -14,7 +14,7 @@ bundle's signature and the runtime's checks hold unchanged:
   its int8 outputs dequantized;
 - the model was converted at one shape; another batch size is tried by resizing the interpreter
   (one interpreter per shape), and where the graph has the shape baked in, rows run one at a time
-  at the converted shape.
+  at the converted shape. So the session reports the first dim as symbolic (``batch``).
 """
 
 from __future__ import annotations
@@ -79,6 +79,11 @@ class _Port:
         self.scale = np.float32(scale)
         self.inverse = np.float32(1.0 / scale) if self.quantized else np.float32(1.0)
         self.limits = (np.iinfo(self.dtype).min, np.iinfo(self.dtype).max) if self.dtype.kind in "iu" else (0, 0)
+
+    @property
+    def onnx_type(self) -> str:
+        """The type the session takes or gives: float for a quantized port (it converts), else the model's."""
+        return "tensor(float)" if self.quantized else _TYPES.get(self.dtype, "tensor(float)")
 
     def to_model(self, array: np.ndarray) -> np.ndarray:
         if array.dtype == self.dtype:
@@ -155,9 +160,9 @@ class LiteRTSession:
         self._base = base
         self._by_shape: dict[tuple, _Bound | None] = {}  # None: that shape runs row by row
         self._names = set(base.inputs)
-        self._inputs = [_Spec(name, list(port.shape), _TYPES.get(port.dtype, "tensor(float)"))
-                        for name, port in base.inputs.items()]
-        self._outputs = [_Spec(name, list(port.shape), _TYPES.get(port.dtype, "tensor(float)"))
+        # any batch size runs (a resized interpreter, or row by row): the first dim is symbolic, as in ONNX
+        self._inputs = [_Spec(name, ["batch", *port.shape[1:]], port.onnx_type) for name, port in base.inputs.items()]
+        self._outputs = [_Spec(name, ["batch", *port.shape[1:]], port.onnx_type)
                          for name, port in zip(base.output_names, base.outputs)]
 
     def _new(self) -> _Bound:
@@ -176,6 +181,13 @@ class LiteRTSession:
 
     def get_providers(self) -> list[str]:
         return ["LiteRT CPU (XNNPACK)"]
+
+    def op_histogram(self) -> dict[str, int]:
+        """How many of each LiteRT op the model holds (``inspect`` shows it)."""
+        counts: dict[str, int] = {}
+        for op in self._base.interpreter._get_ops_details():  # the interpreter's own op listing
+            counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
     def _bound_for(self, shapes: dict[str, tuple[int, ...]]) -> _Bound | None:
         if shapes == self._base.shapes:
