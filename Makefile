@@ -27,6 +27,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_quantization.py
+	$(PY) benchmarks/bench_engines.py
+	$(PY) benchmarks/bench_footprint.py
 	$(PY) benchmarks/bench_compression.py
 	$(PY) benchmarks/bench_estimates.py
 	$(PY) benchmarks/bench_search.py
