@@ -85,7 +85,9 @@ def _print_results(result: Any, out: Path) -> None:
         console.print(f"[bold red]nothing fits the budget[/]{closest}", highlight=False)
     else:
         console.print(f"best: [bold]{result.best.recipe}[/]  (* in the table)", highlight=False)
-    console.print(f"report: {out / 'report.html'}  (also report.json, pareto.png, best.onnx, candidates/)", highlight=False)
+    best = "" if result.best is None else ("best.onnx, " if result.best.model.artifact is None else
+                                           f"best{result.best.model.artifact.suffix} (made from best.onnx), ")
+    console.print(f"report: {out / 'report.html'}  (also report.json, pareto.png, {best}candidates/)", highlight=False)
 
 
 def _finish(result: Any, out: Path, as_json: bool, strict: bool = True) -> None:
