@@ -86,6 +86,17 @@ class Engine:
     def model_bytes(self, model_file: Path) -> bytes:
         return _load(self.container)(model_file) if self.container else Path(model_file).read_bytes()
 
+    def check_convertible(self, model: Any) -> None:
+        """What every engine's conversion pass checks first: its build side is here, and the model still
+        runs on ONNX Runtime (engines do not chain)."""
+        from edgeship.errors import PassNotApplicableError
+
+        if not self.buildable():
+            missing = [p for p in (self.package, *self.build_packages) if importlib.util.find_spec(p) is None]
+            raise PassNotApplicableError(f"{self.label} candidates need {missing}: pip install 'edgeship[all]'.")
+        if model.engine != "onnxruntime":  # the default engine (edgeship.engines.DEFAULT_ENGINE)
+            raise PassNotApplicableError(f"the model already runs on {model.engine}.")
+
     def options_from(self, lineage: list[dict[str, Any]]) -> dict[str, str]:
         """The compile settings the search measured: the last conversion step's ``option_keys``."""
         steps = [s for s in lineage if s.get("pass") == self.name]

@@ -34,6 +34,15 @@ class PassContext:
         if self.progress is not None:
             self.progress(text)
 
+    def samples(self, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` calibration samples, one feed dict each (batch 1)."""
+        out: list[dict[str, Any]] = []
+        for feeds in self.calibration.batches(1) if self.calibration is not None else ():
+            if len(out) >= limit:
+                break
+            out.append(feeds)
+        return out
+
     def output_path(self, name: str) -> Path:
         self.step += 1
         return self.workdir / f"{self.step:02d}_{name}.onnx"

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
-from edgeship.engines import DEFAULT_ENGINE
 from edgeship.engines.litert import ENGINE
 from edgeship.errors import PassNotApplicableError
 from edgeship.model import Model
@@ -28,11 +27,7 @@ class ToLiteRT(PassConfig):
     quantize: Literal["none", "dynamic-int8", "int8-weights", "int8"] = "none"
 
     def check(self, model: Model, ctx: PassContext) -> None:
-        if not ENGINE.buildable():
-            raise PassNotApplicableError("litert-torch and ai-edge-quantizer are not installed "
-                                         "(pip install 'edgeship[all]').")
-        if model.engine != DEFAULT_ENGINE:
-            raise PassNotApplicableError(f"the model already runs on {model.engine}.")
+        ENGINE.check_convertible(model)
         if model.torch_module is None:
             raise PassNotApplicableError("LiteRT converts from PyTorch, and this model has no PyTorch module "
                                          "(an ONNX file, or after an ONNX pass); import it from PyTorch or Hugging Face.")
@@ -42,11 +37,7 @@ class ToLiteRT(PassConfig):
     def apply(self, model: Model, ctx: PassContext) -> Model:
         from edgeship.engines.litert.convert import to_litert
 
-        samples = []
-        for feeds in ctx.calibration.batches(1):
-            samples.append(feeds)
-            if len(samples) >= MAX_CALIBRATION:
-                break
+        samples = ctx.samples(MAX_CALIBRATION)
         ctx.say(f"LiteRT: converting{', ' + self.quantize if self.quantize != 'none' else ''}")
         path = to_litert(model.torch_module, [s.name for s in model.inputs], [s.name for s in model.outputs], samples,
                          ctx.output_path("litert").with_suffix(ENGINE.suffix), self.quantize)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
-from edgeship.engines import DEFAULT_ENGINE
 from edgeship.engines.openvino import ENGINE
 from edgeship.errors import PassNotApplicableError
 from edgeship.model import Model
@@ -29,23 +28,14 @@ class ToOpenVINO(PassConfig):
     precision: Literal["f32", "bf16"] = "f32"
 
     def check(self, model: Model, ctx: PassContext) -> None:
-        if not ENGINE.buildable():
-            raise PassNotApplicableError("OpenVINO and NNCF are not installed (pip install 'edgeship[all]').")
-        if model.engine != DEFAULT_ENGINE:
-            raise PassNotApplicableError(f"the model already runs on {model.engine}.")
+        ENGINE.check_convertible(model)
         if self.quantize == "int8" and ctx.calibration is None:
             raise PassNotApplicableError("OpenVINO int8 needs calibration data.")
 
     def apply(self, model: Model, ctx: PassContext) -> Model:
         from edgeship.engines.openvino.convert import to_openvino
 
-        calibration = None
-        if self.quantize == "int8":
-            calibration = []
-            for feeds in ctx.calibration.batches(1):
-                calibration.append(feeds)
-                if len(calibration) >= MAX_CALIBRATION:
-                    break
+        calibration = ctx.samples(MAX_CALIBRATION) if self.quantize == "int8" else None
         text = model.tokenizer_dir is not None or any(s.name == "input_ids" for s in model.inputs)
         ctx.say(f"OpenVINO: converting{', NNCF ' + self.quantize if self.quantize != 'none' else ''}")
         xml = to_openvino(model.path, ctx.output_path("openvino").with_suffix(ENGINE.suffix), self.quantize, calibration,
