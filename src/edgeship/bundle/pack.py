@@ -227,7 +227,6 @@ def pack(
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     from edgeship.engines import get_engine
-
     from edgeship.importers.onnx_file import load_onnx
     from edgeship.importers.tflite_file import load_tflite
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeship.core.errors import ConfigError
+from edgeship.core.errors import ConfigError, PassNotApplicableError
 
 __all__ = ["Engine", "register_engine", "ENGINES"]
 
@@ -89,8 +89,6 @@ class Engine:
     def check_convertible(self, model: Any) -> None:
         """What every engine's conversion pass checks first: its build side is here, and the model still
         runs on ONNX Runtime (engines do not chain)."""
-        from edgeship.errors import PassNotApplicableError
-
         if not self.buildable():
             missing = [p for p in (self.package, *self.build_packages) if importlib.util.find_spec(p) is None]
             raise PassNotApplicableError(f"{self.label} candidates need {missing}: pip install 'edgeship[all]'.")
