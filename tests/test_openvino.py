@@ -74,6 +74,8 @@ def test_auto_offers_openvino_when_it_is_installed(cnn_model):
 
     names = [r.name for r in auto_recipes(cnn_model)]
     assert "openvino-int8" in names and "openvino-fp32" in names
+    assert "openvino-bf16" not in names  # bf16 precision is tried where the CPU has bf16, and measured there
+    assert "openvino-bf16" in [r.name for r in auto_recipes(cnn_model, cpu_flags=frozenset({"avx2", "avx512_bf16"}))]
 
 
 def test_an_openvino_best_packs_into_a_bundle_that_the_runtime_opens(cnn_model, cnn_data, digits8, tmp_path):

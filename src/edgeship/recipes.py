@@ -84,9 +84,10 @@ def model_family(model: Model) -> str:
     return "other"
 
 
-def auto_recipes(model: Model, with_training: bool = False) -> list[Recipe]:
+def auto_recipes(model: Model, with_training: bool = False, cpu_flags: frozenset[str] = frozenset()) -> list[Recipe]:
     """The presets worth trying for this kind of model; with training data and a PyTorch
-    module, also the pruning and distillation chains."""
+    module, also the pruning and distillation chains; every installed engine's candidates, and those
+    that only a CPU with ``cpu_flags`` can run fast (OpenVINO's bf16 precision where the CPU has bf16)."""
     table = presets()
     data = _preset_data()
     family = model_family(model)
@@ -98,6 +99,8 @@ def auto_recipes(model: Model, with_training: bool = False) -> list[Recipe]:
     for engine, by_family in data["auto_engines"].items():  # every installed engine enters the same search
         if engine in ENGINES and ENGINES[engine].buildable():
             names += by_family.get(family, [])
+            for flag, extra in data["auto_cpu"].get(engine, {}).items():
+                names += [n for n in extra if flag in cpu_flags and n not in names]
     return [table[n] for n in names]
 
 
@@ -130,15 +133,16 @@ def save_recipe_file(recipes: list[Recipe], path: Path) -> None:
         path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
 
 
-def resolve_recipes(spec: Any, model: Model, with_training: bool = False) -> list[Recipe]:
+def resolve_recipes(spec: Any, model: Model, with_training: bool = False,
+                    cpu_flags: frozenset[str] = frozenset()) -> list[Recipe]:
     """``"auto"``, ``"name1,name2"``, a recipe file path, a Recipe, or a list of those."""
     if isinstance(spec, Recipe):
         return [spec]
     if isinstance(spec, (list, tuple)):
-        return [r for item in spec for r in resolve_recipes(item, model, with_training)]
+        return [r for item in spec for r in resolve_recipes(item, model, with_training, cpu_flags)]
     text = str(spec or "auto").strip()
     if text == "auto":
-        return auto_recipes(model, with_training)
+        return auto_recipes(model, with_training, cpu_flags)
     path = Path(text)
     if path.suffix.lower() in {".json", ".yaml", ".yml"}:
         if not path.is_file():

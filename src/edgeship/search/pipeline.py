@@ -443,7 +443,7 @@ def plan_optimization(
     from edgeship.core.cpu import cpu_flags
 
     flags = frozenset(profile.cpu_flags) if profile is not None else cpu_flags()
-    for recipe in resolve_recipes(recipes, model, with_training=train is not None):
+    for recipe in resolve_recipes(recipes, model, with_training=train is not None, cpu_flags=flags):
         recipe = recipe.for_cpu(flags)
         try:
             recipe.check(model, PassContext(scratch_dir("check"), calibration, train))
