@@ -435,6 +435,24 @@ def _demo_llm(out: Path, objective: Objective, as_json: bool) -> None:
                   "smollm2.edgeship --trust keys/signing.pub --decrypt-key keys/content.key", highlight=False)
 
 
+class ExportFormat(str, Enum):
+    c = "c"
+
+
+def export(
+    model: Annotated[Path, typer.Argument(help="A full-int8 .tflite/.tflm, or an optimize folder whose best is a TFLite Micro candidate.")],
+    out: Annotated[Path, typer.Option("--out", help="The folder to write the sources into.")],
+    format: Annotated[ExportFormat, typer.Option("--format", help="c: the model as a C array, the exact arena, an op resolver and a TFLM example.")] = ExportFormat.c,
+) -> None:
+    """Write a microcontroller model out for a firmware build (TensorFlow Lite Micro)."""
+    from edgeship.engines.tflm.firmware import export_firmware
+
+    files, arena = guard(lambda: export_firmware(model, out))
+    console.print(f"tensor arena: {arena:,} bytes (exact, measured on TFLite Micro's interpreter)", highlight=False)
+    for path in files:
+        console.print(f"wrote {path}", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
-    for command in (optimize, targets, inspect, recipes, demo):
+    for command in (optimize, targets, inspect, recipes, demo, export):
         app.command()(command)

@@ -15,7 +15,7 @@ from edgeship.engines.base import ENGINES, Engine, register_engine
 __all__ = ["Engine", "ENGINES", "register_engine", "get_engine", "DEFAULT_ENGINE"]
 
 DEFAULT_ENGINE = "onnxruntime"
-_BUILTIN = ("ort", "openvino", "litert")  # one registration per engine folder
+_BUILTIN = ("ort", "openvino", "litert", "tflm")  # one registration per engine folder
 
 for _folder in _BUILTIN:
     import_module(f"edgeship.engines.{_folder}")

@@ -1,0 +1,107 @@
+"""TensorFlow Lite Micro: full-int8 models scored on TFLM's own interpreter, the exact tensor arena,
+the int8 check, and C sources for a firmware build that compile."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import edgeship
+from edgeship.engines.litert.convert import to_litert
+from edgeship.engines.tflm.firmware import check_full_int8, export_c, model_ops
+from edgeship.engines.tflm.session import TFLMSession, arena_fits, exact_arena
+
+
+@pytest.fixture(scope="module")
+def int8_cnn(trained_cnn, digits8, tmp_path_factory):
+    samples = [{"image": digits8["x_train"][i:i + 1]} for i in range(100)]
+    root = tmp_path_factory.mktemp("tflm")
+    return {"int8": to_litert(trained_cnn, ["image"], ["logits"], samples, root / "int8.tflite", "int8"),
+            "float": to_litert(trained_cnn, ["image"], ["logits"], samples, root / "float.tflite", "none")}
+
+
+def test_accuracy_on_the_microcontroller_interpreter_is_within_one_point_of_float(int8_cnn, trained_cnn, digits8):
+    import torch
+
+    x, y = digits8["x_test"], digits8["y_test"]
+    with torch.no_grad():
+        float_acc = float((trained_cnn(torch.from_numpy(x)).numpy().argmax(1) == y).mean())
+    session = TFLMSession(int8_cnn["int8"])
+    assert [s.name for s in session.get_inputs()] == ["image"] and [s.name for s in session.get_outputs()] == ["logits"]
+    tflm_acc = float((session.run(None, {"image": x})[0].argmax(1) == y).mean())
+    assert tflm_acc >= float_acc - 0.01
+
+
+def test_the_reported_arena_is_the_smallest_that_runs(int8_cnn):
+    """Exact: the interpreter runs with it and not with one byte less (each tried in a child process)."""
+    report = exact_arena(int8_cnn["int8"])
+    assert arena_fits(int8_cnn["int8"], report.exact_bytes)[0]
+    assert not arena_fits(int8_cnn["int8"], report.exact_bytes - 1)[0]
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    TFLMSession(int8_cnn["int8"], arena_size=report.exact_bytes).run(None, {"image": x})
+    assert report.reported_bytes is not None and "Arena allocation total" in report.report
+
+
+def test_a_float_model_is_refused_with_its_float_ops(int8_cnn):
+    with pytest.raises(edgeship.EdgeshipError, match="not full int8: .*CONV_2D"):
+        check_full_int8(int8_cnn["float"].read_bytes())
+    check_full_int8(int8_cnn["int8"].read_bytes())  # the int8 one passes
+
+
+def test_the_c_export_compiles_and_registers_exactly_the_models_ops(int8_cnn, tmp_path):
+    gcc = shutil.which("gcc")
+    assert gcc, "gcc is needed to compile the exported model"
+    arena = exact_arena(int8_cnn["int8"]).exact_bytes
+    files = export_c(int8_cnn["int8"], tmp_path / "fw", arena)
+    assert {f.name for f in files} == {"model_data.h", "model_data.c", "op_resolver.h", "main.cc"}
+    header = (tmp_path / "fw" / "model_data.h").read_text()
+    assert f"EDGESHIP_TENSOR_ARENA_BYTES {arena}" in header
+    resolver = (tmp_path / "fw" / "op_resolver.h").read_text()
+    ops = model_ops(int8_cnn["int8"].read_bytes())
+    assert f"MicroMutableOpResolver<{len(ops)}>" in resolver and resolver.count("resolver.Add") == len(ops)
+    # the array and header compile, and the array is the model, byte for byte
+    probe = tmp_path / "fw" / "probe.c"
+    probe.write_text('#include <stdio.h>\n#include "model_data.h"\nint main(void){fwrite(g_model_data,1,g_model_data_len,stdout);'
+                     'return ((unsigned long)g_model_data % 16) != 0;}\n')
+    exe = tmp_path / "fw" / "probe"
+    subprocess.run([gcc, "-std=c99", "-Wall", "-Werror", "-o", str(exe), str(probe), str(tmp_path / "fw" / "model_data.c")],
+                   check=True, capture_output=True, text=True)
+    out = subprocess.run([str(exe)], capture_output=True, check=True)
+    assert out.stdout == int8_cnn["int8"].read_bytes()
+
+
+def test_export_cli_writes_the_sources_and_refuses_a_float_model(int8_cnn, tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "edgeship.cli", "export", str(int8_cnn["int8"]), "--format", "c",
+                         "--out", str(tmp_path / "fw")], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "tensor arena" in ok.stdout and (tmp_path / "fw" / "model_data.c").is_file()
+    bad = subprocess.run([sys.executable, "-m", "edgeship.cli", "export", str(int8_cnn["float"]), "--out",
+                          str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "not full int8" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_tflm_candidates_are_scored_on_the_mcu_interpreter(cnn_model, cnn_data):
+    from edgeship.search.pipeline import plan_optimization
+
+    result = plan_optimization(cnn_model, data=cnn_data["calib"], eval_data=cnn_data["eval"], recipes="tflm-int8").run()
+    cand = result.candidates[0]
+    assert cand.model.engine == "tflm" and cand.status in ("ok", "rejected")
+    assert int(dict(cand.model.engine_options)["arena_bytes"]) > 0
+    assert cand.metrics["accuracy"] >= result.baseline.metrics["accuracy"] - 0.01
+
+
+def test_tflms_own_allocation_report_undercounts_sine_float_and_the_search_does_not():
+    """TFLM's sine_float example (it ships in tflite-micro): the recorder reports less than the
+    interpreter needs; the arena edgeship reports is the one that runs."""
+    from pathlib import Path
+
+    import tflite_micro
+
+    sine = next(Path(p) for p in tflite_micro.__path__ for p in Path(p).rglob("sine_float.tflite"))
+    report = exact_arena(sine)
+    assert report.reported_bytes is not None and report.reported_bytes < report.exact_bytes
+    assert arena_fits(sine, report.exact_bytes)[0] and not arena_fits(sine, report.reported_bytes)[0]
