@@ -21,7 +21,17 @@ from typing import Any
 
 from edgeship.core.errors import ConfigError, PassNotApplicableError
 
-__all__ = ["Engine", "register_engine", "ENGINES"]
+__all__ = ["Engine", "register_engine", "ENGINES", "SessionSpec"]
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """One input or output as every engine's session describes it: what ONNX Runtime's NodeArg
+    offers (name, shape with symbolic dims as strings or None, ``tensor(float)``-style type)."""
+
+    name: str
+    shape: list[Any]
+    type: str
 
 
 def _load(ref: str) -> Any:

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from edgeship.core.errors import ConfigError, DataMismatchError, InvalidModelError
+from edgeship.engines.base import SessionSpec
 
-__all__ = ["LiteRTSession", "open_model", "SIGNATURE", "output_key"]
+__all__ = ["LiteRTSession", "open_model", "SIGNATURE", "output_key", "Port"]
 
 SIGNATURE = "serving_default"  # the signature litert-torch writes
 MAX_SHAPES = 4  # interpreters kept for shapes other than the converted one
@@ -58,18 +59,10 @@ def _interpreter_class() -> Any:
     return Interpreter
 
 
-@dataclass(frozen=True)
-class _Spec:
-    """What ONNX Runtime's NodeArg offers: name, shape, type."""
-
-    name: str
-    shape: list[Any]
-    type: str
-
-
-class _Port:
-    """One input or output tensor: its index and shape, its dtype, and a quantized one's scale and
-    zero point (read once, so a run does no dictionary work)."""
+class Port:
+    """One input or output tensor of a .tflite model: its index and shape, its dtype, and a quantized
+    one's scale and zero point (read once, so a run does no dictionary work). TFLite Micro's session
+    uses it too (the same format, the same quantized I/O)."""
 
     def __init__(self, detail: dict[str, Any]) -> None:
         self.index, self.dtype = detail["index"], np.dtype(detail["dtype"])
@@ -119,13 +112,13 @@ class _Bound:
     def _read_details(self) -> None:
         runner = self.interpreter.get_signature_runner(SIGNATURE)
         self.details = runner.get_input_details()
-        self.inputs = {name: _Port(d) for name, d in self.details.items()}
+        self.inputs = {name: Port(d) for name, d in self.details.items()}
         self.shapes = {name: port.shape for name, port in self.inputs.items()}
         outputs = runner.get_output_details()
         ordered = sorted(outputs, key=_output_order)
         self.output_names = [_output_order(k)[1] for k in ordered]
         self.output_details = [outputs[k] for k in ordered]
-        self.outputs = [_Port(outputs[k]) for k in ordered]
+        self.outputs = [Port(outputs[k]) for k in ordered]
 
     def resize(self, shapes: dict[str, tuple[int, ...]]) -> None:
         for name, shape in shapes.items():
@@ -161,8 +154,8 @@ class LiteRTSession:
         self._by_shape: dict[tuple, _Bound | None] = {}  # None: that shape runs row by row
         self._names = set(base.inputs)
         # any batch size runs (a resized interpreter, or row by row): the first dim is symbolic, as in ONNX
-        self._inputs = [_Spec(name, ["batch", *port.shape[1:]], port.onnx_type) for name, port in base.inputs.items()]
-        self._outputs = [_Spec(name, ["batch", *port.shape[1:]], port.onnx_type)
+        self._inputs = [SessionSpec(name, ["batch", *port.shape[1:]], port.onnx_type) for name, port in base.inputs.items()]
+        self._outputs = [SessionSpec(name, ["batch", *port.shape[1:]], port.onnx_type)
                          for name, port in zip(base.output_names, base.outputs)]
 
     def _new(self) -> _Bound:
@@ -173,10 +166,10 @@ class LiteRTSession:
         interpreter.allocate_tensors()
         return _Bound(interpreter)
 
-    def get_inputs(self) -> list[_Spec]:
+    def get_inputs(self) -> list[SessionSpec]:
         return self._inputs
 
-    def get_outputs(self) -> list[_Spec]:
+    def get_outputs(self) -> list[SessionSpec]:
         return self._outputs
 
     def get_providers(self) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edgeship.core.errors import ConfigError, InvalidModelError
+from edgeship.engines.base import SessionSpec
 
 __all__ = ["OpenVINOSession", "OVSettings", "IR_SUFFIX", "ir_container", "split_container", "open_model"]
 
@@ -70,15 +71,6 @@ class OVSettings:
                 props.inference_num_threads: int(threads)}
 
 
-@dataclass(frozen=True)
-class _Spec:
-    """What ONNX Runtime's NodeArg offers: name, shape, type."""
-
-    name: str
-    shape: list[Any]
-    type: str
-
-
 _OV_TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "i64": "tensor(int64)", "i32": "tensor(int32)",
              "u8": "tensor(uint8)", "i8": "tensor(int8)", "boolean": "tensor(bool)", "f64": "tensor(double)"}
 
@@ -103,16 +95,16 @@ class OpenVINOSession:
         except Exception as exc:  # OpenVINO raises RuntimeError for an unreadable IR
             raise InvalidModelError(f"OpenVINO cannot read the model: {str(exc).splitlines()[0]}") from None
         self._compiled: dict[tuple, Any] = {}
-        self._inputs = [_Spec(p.get_any_name(), [d.get_length() if d.is_static else None for d in p.get_partial_shape()],
+        self._inputs = [SessionSpec(p.get_any_name(), [d.get_length() if d.is_static else None for d in p.get_partial_shape()],
                               _OV_TYPES.get(p.get_element_type().get_type_name(), "tensor(float)"))
                         for p in self.model.inputs]
-        self._outputs = [_Spec(p.get_any_name(), [], _OV_TYPES.get(p.get_element_type().get_type_name(),
+        self._outputs = [SessionSpec(p.get_any_name(), [], _OV_TYPES.get(p.get_element_type().get_type_name(),
                                                                    "tensor(float)")) for p in self.model.outputs]
 
-    def get_inputs(self) -> list[_Spec]:
+    def get_inputs(self) -> list[SessionSpec]:
         return self._inputs
 
-    def get_outputs(self) -> list[_Spec]:
+    def get_outputs(self) -> list[SessionSpec]:
         return self._outputs
 
     def get_providers(self) -> list[str]:

@@ -20,13 +20,13 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgeship.core.errors import ConfigError, DataMismatchError, InvalidModelError
+from edgeship.engines.base import SessionSpec
+from edgeship.engines.litert.session import Port
 
 __all__ = ["TFLMSession", "open_model", "exact_arena", "ArenaReport", "MAX_ARENA_BYTES"]
 
 MAX_ARENA_BYTES = 64 << 20  # no microcontroller has more SRAM than this; the search stops here
 _ALIGNMENT = 16  # TFLM aligns arena buffers to 16 bytes (MicroArenaBufferAlignment)
-_TYPES = {np.dtype(np.float32): "tensor(float)", np.dtype(np.int8): "tensor(int8)", np.dtype(np.uint8): "tensor(uint8)",
-          np.dtype(np.int16): "tensor(int16)", np.dtype(np.int32): "tensor(int32)"}
 
 
 def _runtime() -> Any:
@@ -51,42 +51,12 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(devnull)
 
 
-@dataclass(frozen=True)
-class _Spec:
-    """What ONNX Runtime's NodeArg offers: name, shape, type."""
-
-    name: str
-    shape: list[Any]
-    type: str
-
-
-class _Port:
-    def __init__(self, detail: dict[str, Any]) -> None:
-        self.shape = tuple(int(d) for d in detail["shape"])
-        self.dtype = np.dtype(detail["dtype"])
-        q = detail.get("quantization_parameters") or {}
-        scales, zeros = list(q.get("scales", [])), list(q.get("zero_points", []))
-        self.quantized = bool(scales) and self.dtype.kind in "iu"
-        self.scale = np.float32(scales[0]) if self.quantized else np.float32(1)
-        self.zero = int(zeros[0]) if self.quantized and zeros else 0
-
-    @property
-    def onnx_type(self) -> str:
-        """Floats for a quantized port (the session converts), else the model's own type."""
-        return "tensor(float)" if self.quantized else _TYPES.get(self.dtype, f"tensor({self.dtype})")
-
-    def to_model(self, row: np.ndarray) -> np.ndarray:
-        if row.dtype == self.dtype:
-            return row
-        if self.quantized:
-            info = np.iinfo(self.dtype)
-            return np.clip(np.rint(row / self.scale) + self.zero, info.min, info.max).astype(self.dtype)
-        return row.astype(self.dtype)
-
-    def from_model(self, array: np.ndarray) -> np.ndarray:
-        if self.quantized:
-            return (array.astype(np.float32) - self.zero) * self.scale
-        return np.array(array)
+def _port(detail: dict[str, Any], index: int) -> Port:
+    """TFLM's tensor details in LiteRT's form (the same flatbuffer format), as a Port."""
+    q = detail.get("quantization_parameters") or {}
+    scales, zeros = list(q.get("scales", [])), list(q.get("zero_points", []))
+    return Port({"index": index, "dtype": detail["dtype"], "shape": detail["shape"],
+                 "quantization": (float(scales[0]) if scales else 0.0, int(zeros[0]) if zeros else 0)})
 
 
 def _model_bytes(model: Path | str | bytes | memoryview) -> bytes:
@@ -115,16 +85,16 @@ class TFLMSession:
         except (RuntimeError, ValueError) as exc:
             raise InvalidModelError(f"TFLite Micro cannot load the model: {str(exc).splitlines()[0]}") from None
         n_in, n_out = _io_counts(self._data)  # TFLM does not bound-check an input index: read the counts first
-        self._in = [_Port(self._interpreter.get_input_details(i)) for i in range(n_in)]
-        self._out = [_Port(self._interpreter.get_output_details(i)) for i in range(n_out)]
+        self._in = [_port(self._interpreter.get_input_details(i), i) for i in range(n_in)]
+        self._out = [_port(self._interpreter.get_output_details(i), i) for i in range(n_out)]
         in_names, out_names = _signature_names(self._data, len(self._in), len(self._out))
-        self._inputs = [_Spec(n, ["batch", *p.shape[1:]], p.onnx_type) for n, p in zip(in_names, self._in)]
-        self._outputs = [_Spec(n, ["batch", *p.shape[1:]], p.onnx_type) for n, p in zip(out_names, self._out)]
+        self._inputs = [SessionSpec(n, ["batch", *p.shape[1:]], p.onnx_type) for n, p in zip(in_names, self._in)]
+        self._outputs = [SessionSpec(n, ["batch", *p.shape[1:]], p.onnx_type) for n, p in zip(out_names, self._out)]
 
-    def get_inputs(self) -> list[_Spec]:
+    def get_inputs(self) -> list[SessionSpec]:
         return self._inputs
 
-    def get_outputs(self) -> list[_Spec]:
+    def get_outputs(self) -> list[SessionSpec]:
         return self._outputs
 
     def get_providers(self) -> list[str]:
@@ -145,7 +115,7 @@ class TFLMSession:
                 self._interpreter.set_input(port.to_model(array[i:i + 1]), index)
             self._interpreter.invoke()
             for index, port in enumerate(self._out):
-                results[index].append(port.from_model(self._interpreter.get_output(index)))
+                results[index].append(port.from_model(np.array(self._interpreter.get_output(index))))
         outputs = [np.concatenate(r) for r in results]
         if not output_names:
             return outputs
