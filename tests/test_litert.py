@@ -116,7 +116,7 @@ def test_litert_candidates_enter_the_search_and_an_onnx_file_is_not_applicable(c
     assert {c["recipe"]: c["engine"] for c in report["candidates"]}["litert-int8"] == "litert"
     assert (out / "candidates" / "litert-int8.tflite").is_file() and "LiteRT" in (out / "report.html").read_text()
     # a plain ONNX file has no PyTorch module to convert from: asked for by name, it says so; auto leaves it out
-    with pytest.raises(edgeship.EdgeshipError, match="converts from PyTorch"):
+    with pytest.raises(edgeship.EdgeshipError, match="converted from PyTorch"):
         plan_optimization(edgeship.load(cnn_onnx), data=cnn_data["calib"], eval_data=cnn_data["eval"], recipes="litert-int8")
     auto = plan_optimization(edgeship.load(cnn_onnx), data=cnn_data["calib"], eval_data=cnn_data["eval"])
     assert not [r for r in auto.recipes if r.name.startswith("litert")] and [r for r in auto.recipes if r.name.startswith("openvino")]

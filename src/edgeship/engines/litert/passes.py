@@ -8,14 +8,27 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
+from edgeship.engines.base import Engine
 from edgeship.engines.litert import ENGINE
 from edgeship.errors import PassNotApplicableError
 from edgeship.model import Model
 from edgeship.passes.base import PassConfig, PassContext, register_pass
 
-__all__ = ["ToLiteRT"]
+__all__ = ["ToLiteRT", "check_from_torch"]
 
 MAX_CALIBRATION = 200
+
+
+def check_from_torch(engine: Engine, model: Model, ctx: PassContext) -> None:
+    """What a conversion through litert-torch needs (LiteRT's passes and TFLite Micro's): the engine's
+    build side, a model still on ONNX Runtime, its PyTorch module, and sample data."""
+    engine.check_convertible(model)
+    if model.torch_module is None:
+        raise PassNotApplicableError(f"{engine.label} models are converted from PyTorch, and this model has no "
+                                     "PyTorch module (an ONNX file, or after an ONNX pass); import it from PyTorch "
+                                     "or Hugging Face.")
+    if ctx.calibration is None:
+        raise PassNotApplicableError(f"{engine.label} conversion needs sample data (--data).")
 
 
 @register_pass
@@ -27,12 +40,7 @@ class ToLiteRT(PassConfig):
     quantize: Literal["none", "dynamic-int8", "int8-weights", "int8"] = "none"
 
     def check(self, model: Model, ctx: PassContext) -> None:
-        ENGINE.check_convertible(model)
-        if model.torch_module is None:
-            raise PassNotApplicableError("LiteRT converts from PyTorch, and this model has no PyTorch module "
-                                         "(an ONNX file, or after an ONNX pass); import it from PyTorch or Hugging Face.")
-        if ctx.calibration is None:
-            raise PassNotApplicableError("LiteRT conversion needs sample data (--data).")
+        check_from_torch(ENGINE, model, ctx)
 
     def apply(self, model: Model, ctx: PassContext) -> Model:
         from edgeship.engines.litert.convert import to_litert

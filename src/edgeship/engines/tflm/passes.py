@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from edgeship.engines.litert.passes import check_from_torch
 from edgeship.engines.tflm import ENGINE
-from edgeship.errors import PassNotApplicableError
 from edgeship.model import Model
 from edgeship.passes.base import PassConfig, PassContext, register_pass
 
@@ -25,12 +25,7 @@ class ToTFLM(PassConfig):
     note = "a microcontroller model (TFLite Micro, full int8): its arena is exact; export it with `edgeship export`"
 
     def check(self, model: Model, ctx: PassContext) -> None:
-        ENGINE.check_convertible(model)
-        if model.torch_module is None:
-            raise PassNotApplicableError("TFLite Micro models are converted from PyTorch, and this model has no "
-                                         "PyTorch module; import it from PyTorch.")
-        if ctx.calibration is None:
-            raise PassNotApplicableError("full int8 needs calibration data (--data).")
+        check_from_torch(ENGINE, model, ctx)
 
     def apply(self, model: Model, ctx: PassContext) -> Model:
         from edgeship.engines.litert.convert import to_litert
