@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edgeship.model import Model
 
-__all__ = ["inspect_model", "fit_report"]
+__all__ = ["inspect_model", "fit_report", "mcu_fits"]
 
 
 def inspect_model(model: Any, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
@@ -83,7 +83,7 @@ def fit_report(
     profile = load_profile(target)
     shapes = shapes or {}
     report = estimate(model, profile, shapes, threads, request_rate_hz, max_latency_ms)
-    if measure:
+    if measure and not profile.microcontroller:  # on an MCU the arena is the measurement (TFLM's interpreter)
         feeds = _example_feeds(model, shapes)
         report["measured_on_host"] = {
             "latency_ms_p50": measure_latency(model.session(threads), feeds, runs=50, min_seconds=0.3)["latency_ms_p50"],
@@ -91,3 +91,18 @@ def fit_report(
             "threads": threads,
         }
     return report
+
+
+def mcu_fits(model: Any, request_rate_hz: float = 1.0) -> list[dict[str, Any]]:
+    """The fit report of a .tflite model on every built-in microcontroller profile; the arena is
+    measured once, on TFLM's interpreter."""
+    from edgeship.engines.tflm.session import exact_arena
+    from edgeship.errors import ConfigError
+    from edgeship.targets.mcu_fit import mcu_fit, mcu_profiles
+
+    path = Path(str(model))
+    if path.suffix.lower() not in (".tflite", ".tflm"):
+        raise ConfigError(f"--target mcu checks a .tflite/.tflm model, got {str(model)!r}: make one with "
+                          "`edgeship optimize MODEL --target cortex-m4` (recipe tflm-int8).")
+    arena = exact_arena(path)
+    return [mcu_fit(path, p, arena.exact_bytes, arena.report, request_rate_hz) for p in mcu_profiles()]

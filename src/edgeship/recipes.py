@@ -84,12 +84,16 @@ def model_family(model: Model) -> str:
     return "other"
 
 
-def auto_recipes(model: Model, with_training: bool = False, cpu_flags: frozenset[str] = frozenset()) -> list[Recipe]:
+def auto_recipes(model: Model, with_training: bool = False, cpu_flags: frozenset[str] = frozenset(),
+                 microcontroller: bool = False) -> list[Recipe]:
     """The presets worth trying for this kind of model; with training data and a PyTorch
     module, also the pruning and distillation chains; every installed engine's candidates, and those
-    that only a CPU with ``cpu_flags`` can run fast (OpenVINO's bf16 precision where the CPU has bf16)."""
+    that only a CPU with ``cpu_flags`` can run fast (OpenVINO's bf16 precision where the CPU has bf16).
+    For a microcontroller, only what its runtime runs: TFLite Micro's full int8."""
     table = presets()
     data = _preset_data()
+    if microcontroller:
+        return [table[n] for n in data["auto_microcontroller"]]
     family = model_family(model)
     names = list(data["auto"][family])
     if with_training and model.torch_module is not None:
@@ -134,15 +138,15 @@ def save_recipe_file(recipes: list[Recipe], path: Path) -> None:
 
 
 def resolve_recipes(spec: Any, model: Model, with_training: bool = False,
-                    cpu_flags: frozenset[str] = frozenset()) -> list[Recipe]:
+                    cpu_flags: frozenset[str] = frozenset(), microcontroller: bool = False) -> list[Recipe]:
     """``"auto"``, ``"name1,name2"``, a recipe file path, a Recipe, or a list of those."""
     if isinstance(spec, Recipe):
         return [spec]
     if isinstance(spec, (list, tuple)):
-        return [r for item in spec for r in resolve_recipes(item, model, with_training, cpu_flags)]
+        return [r for item in spec for r in resolve_recipes(item, model, with_training, cpu_flags, microcontroller)]
     text = str(spec or "auto").strip()
     if text == "auto":
-        return auto_recipes(model, with_training, cpu_flags)
+        return auto_recipes(model, with_training, cpu_flags, microcontroller)
     path = Path(text)
     if path.suffix.lower() in {".json", ".yaml", ".yml"}:
         if not path.is_file():

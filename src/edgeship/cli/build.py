@@ -234,7 +234,7 @@ def inspect(
     model: Annotated[str, typer.Argument(help="An .onnx file, a Hugging Face directory, or MODULE:FUNCTION.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     shape: Annotated[Optional[list[str]], typer.Option("--shape", help="Sizes for dynamic dims, e.g. input_ids=1x64; without it, MACs of a model with dynamic dims are unknown.")] = None,
-    target: Annotated[Optional[str], typer.Option("--target", help="A device profile id (see `edgeship targets`) or a .toml file: adds a fit report.")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="A device profile id (see `edgeship targets`) or a .toml file: adds a fit report; `mcu`: a .tflite model against every microcontroller profile.")] = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Threads for the estimate and the host measurement.")] = 2,
     request_rate: Annotated[float, typer.Option("--request-rate", help="Requests per second, for the idle share of energy.")] = 1.0,
     max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", help="Latency budget for choosing the DVFS state.")] = None,
@@ -257,7 +257,11 @@ def inspect(
                 info["fit"] = llm_fit(read_gguf(model), load_profile(target), context)
             return info
         info = inspect_model(model, shapes)
-        if target is not None:
+        if target == "mcu":
+            from edgeship.inspection import mcu_fits
+
+            info["mcu_fits"] = mcu_fits(model, request_rate)
+        elif target is not None:
             info["estimate"] = fit_report(model, target, shapes, threads, request_rate, max_latency_ms)
         return info
 
@@ -287,6 +291,8 @@ def inspect(
     console.print(summary)
     if "estimate" in info:
         _print_fit(info["estimate"])
+    if "mcu_fits" in info:
+        _print_mcu_fits(info["mcu_fits"])
 
 
 def _print_gguf(info: dict[str, Any]) -> None:
@@ -316,8 +322,37 @@ def _print_gguf(info: dict[str, Any]) -> None:
                       + ("fits" if fit["fits"] else "does NOT fit: " + "; ".join(fit["reasons"])), highlight=False)
 
 
+def _print_mcu_fits(fits: list[dict[str, Any]]) -> None:
+    """One row per microcontroller: what the model needs against what the device has, and yes or no."""
+    from edgeship.report.writer import fmt_bytes
+
+    first = fits[0]
+    table = Table(title=f"microcontrollers: arena {first['arena_bytes']:,} B, measured on TFLM's interpreter "
+                        f"(exact); flash = model + op resolver ({', '.join(first['ops'])})",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("target", "RAM need / SRAM", "flash need / flash", "cycles/MAC", "latency (bound)", "fits"):
+        table.add_column(col)
+    for fit in fits:
+        table.add_row(fit["target"], f"{fmt_bytes(fit['ram_bytes'])} / {fmt_bytes(fit['sram_bytes'])}",
+                      f"{fmt_bytes(fit['flash_bytes'])} / {fmt_bytes(fit['flash_size_bytes'])}",
+                      f"{fit['cycles_per_mac']:.3g}", f"{fit['latency_ms']:.3g} ms",
+                      "yes" if fit["fits"] else "NO: " + "; ".join(fit["reasons"]))
+    console.print(table)
+    peak, (low, high) = first["peak"], first["arena_32bit_bytes"]
+    console.print(f"peak activations: {fmt_bytes(peak['live_bytes'])} live at op {peak['op_index']} {peak['op']} "
+                  f"(tensors {', '.join('x'.join(map(str, t['shape'])) + ' ' + t['dtype'].lower() for t in peak['tensors'])})",
+                  highlight=False)
+    if low is not None:
+        console.print(f"on a 32-bit MCU the arena is {low:,} to {high:,} B: the head ({first['arena_head_bytes']:,} B "
+                      "of activations) carries over exactly; the tail's structs hold pointers, half the size on "
+                      "32 bits. The fit uses the host's figure.", highlight=False)
+
+
 def _print_fit(est: dict[str, Any]) -> None:
     from edgeship.report.writer import fmt_bytes
+
+    if "mcu" in est:
+        _print_mcu_fits([est["mcu"]])
 
     host = est.get("measured_on_host", {})
     fit = Table(title=f"fit on {est['target']} (estimates; measured on this host beside them)", title_justify="left",

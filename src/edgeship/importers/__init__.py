@@ -36,7 +36,7 @@ def load(source: Any) -> Any:
         from edgeship.importers.keras_file import load_keras
 
         return load_keras(path)
-    if path.suffix.lower() == ".tflite":
+    if path.suffix.lower() in (".tflite", ".tflm"):  # .tflm: a TFLite Micro candidate, the same flatbuffer
         from edgeship.importers.tflite_file import load_tflite
 
         return load_tflite(path)

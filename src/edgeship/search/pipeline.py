@@ -437,13 +437,16 @@ def plan_optimization(
 
         train = load_data(train_data, model, settings.text_max_length)
         check_train_labels(model, train)
-    explicit = not (isinstance(recipes, str) and recipes.strip() == "auto") and recipes is not None
+    microcontroller = profile is not None and profile.microcontroller
+    # a microcontroller's one way in (TFLite Micro) is as good as asked for: say why it cannot run
+    explicit = microcontroller or (not (isinstance(recipes, str) and recipes.strip() == "auto") and recipes is not None)
     plan: list[Recipe] = []
     # choices a recipe leaves to the CPU (int8 format) are made for the CPU the model is for
     from edgeship.core.cpu import cpu_flags
 
     flags = frozenset(profile.cpu_flags) if profile is not None else cpu_flags()
-    for recipe in resolve_recipes(recipes, model, with_training=train is not None, cpu_flags=flags):
+    for recipe in resolve_recipes(recipes, model, with_training=train is not None, cpu_flags=flags,
+                                  microcontroller=microcontroller):
         recipe = recipe.for_cpu(flags)
         try:
             recipe.check(model, PassContext(scratch_dir("check"), calibration, train))

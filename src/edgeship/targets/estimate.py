@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -218,6 +218,45 @@ def _latency_s(cost: GraphCost, profile: Profile, state: DvfsState, threads: int
     return total
 
 
+def dvfs_states(profile: Profile, latency_s: Callable[[DvfsState], float], request_rate_hz: float,
+                max_latency_ms: float | None) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Latency and energy in each DVFS state (active power x latency, plus idle power for the rest
+    of the request period); (all states, the lowest-energy one within the latency budget, the fastest)."""
+    states = []
+    for state in profile.dvfs:
+        latency = latency_s(state)
+        period = 1.0 / request_rate_hz
+        active_mj = state.power_w * latency * 1000
+        idle_mj = profile.idle_power_w * max(0.0, period - latency) * 1000
+        states.append({"state": state.name, "freq_ghz": state.freq_ghz, "latency_ms": latency * 1000,
+                       "active_energy_mj": active_mj, "energy_mj": active_mj + idle_mj,
+                       "meets_latency": max_latency_ms is None or latency * 1000 <= max_latency_ms})
+    eligible = [s for s in states if s["meets_latency"]] or states
+    recommended = min(eligible, key=lambda s: (s["energy_mj"], s["latency_ms"]))
+    return states, recommended, min(states, key=lambda s: s["latency_ms"])
+
+
+def _tflm_estimate(model: Model, profile: Profile, request_rate_hz: float,
+                   max_latency_ms: float | None) -> dict[str, Any]:
+    """A TFLite Micro candidate on a microcontroller: its measured arena and flash, through mcu_fit."""
+    from edgeship.targets.mcu_fit import mcu_fit
+
+    arena = dict(model.engine_options).get("arena_bytes")
+    fit = mcu_fit(model.artifact, profile, int(arena) if arena else None, None, request_rate_hz, max_latency_ms)
+    return {
+        "target": profile.id, "is_estimate": True, "latency_ms": fit["latency_ms"],
+        "peak_memory_bytes": fit["ram_bytes"], "storage_bytes": fit["flash_bytes"],
+        "energy_mj": fit["energy_mj"], "fits": fit["fits"], "runs": fit["runs"], "reasons": fit["reasons"],
+        "runtime_note": ("RAM is TFLM's arena, measured on its interpreter (exact), plus the runtime's allowance; "
+                         "flash is the model plus an op-resolver estimate; latency counts MACs at CMSIS-NN's rate."),
+        "recommended_state": fit["recommended_state"], "request_rate_hz": request_rate_hz, "threads": 1,
+        "dvfs": fit["dvfs"], "memory_breakdown_bytes": {"runtime": fit["ram_bytes"] - fit["arena_bytes"],
+                                                   "arena": fit["arena_bytes"]},
+        "macs": fit["macs"], "uncounted_ops": [], "efficiency": {"why": "CMSIS-NN cycles per MAC from the profile"},
+        "mcu": fit,
+    }
+
+
 def estimate(
     model: Model | Path | str,
     profile: Profile,
@@ -228,6 +267,11 @@ def estimate(
     cost: GraphCost | None = None,
 ) -> dict[str, Any]:
     """The fit report of one model on one device; every figure is an estimate."""
+    if isinstance(model, Model) and model.engine in ("tflm", "litert"):
+        if profile.microcontroller:
+            return _tflm_estimate(model, profile, request_rate_hz, max_latency_ms)
+        raise ConfigError(f"a fit estimate on {profile.id} reads an ONNX graph, and this is a LiteRT model: give "
+                          "the ONNX model it was made from, or a microcontroller target (see `edgeship targets`).")
     path = model.path if isinstance(model, Model) else Path(model)
     files = model.files if isinstance(model, Model) else [path]
     cost = cost or graph_cost(path, shapes)
@@ -245,18 +289,8 @@ def estimate(
         peak_memory = overhead + cost.weight_bytes + cost.prepacked_bytes + cost.activation_peak_bytes
     storage = sum(Path(f).stat().st_size for f in files)
 
-    states = []
-    for state in profile.dvfs:
-        latency = _latency_s(cost, profile, state, threads, (eff32, eff8))
-        period = 1.0 / request_rate_hz
-        active_mj = state.power_w * latency * 1000
-        idle_mj = profile.idle_power_w * max(0.0, period - latency) * 1000
-        states.append({"state": state.name, "freq_ghz": state.freq_ghz, "latency_ms": latency * 1000,
-                       "active_energy_mj": active_mj, "energy_mj": active_mj + idle_mj,
-                       "meets_latency": max_latency_ms is None or latency * 1000 <= max_latency_ms})
-    eligible = [s for s in states if s["meets_latency"]] or states
-    recommended = min(eligible, key=lambda s: (s["energy_mj"], s["latency_ms"]))
-    fastest = min(states, key=lambda s: s["latency_ms"])
+    states, recommended, fastest = dvfs_states(
+        profile, lambda state: _latency_s(cost, profile, state, threads, (eff32, eff8)), request_rate_hz, max_latency_ms)
 
     reasons = []
     if peak_memory > profile.ram_mb * 2**20:
@@ -267,7 +301,9 @@ def estimate(
     if not profile.runs_onnxruntime:
         runtime_note = (
             f"ONNX Runtime does not run on {profile.id} (runtimes: {', '.join(profile.runtimes)}); convert the "
-            "model to one of those. Memory and storage assume weights in flash and an activation arena in RAM."
+            "model to one of those" + (" (recipe tflm-int8 makes a TFLite Micro model, whose arena is measured)"
+                                       if profile.microcontroller else "")
+            + ". Memory and storage assume weights in flash and an activation arena in RAM."
         )
     return {
         "target": profile.id,

@@ -18,7 +18,7 @@ from typing import Any
 from edgeship.core.errors import InvalidModelError
 from edgeship.core.files import atomic_writer
 
-__all__ = ["model_ops", "check_full_int8", "export_c", "export_firmware", "RESOLVER_METHODS"]
+__all__ = ["model_ops", "float_ops", "check_full_int8", "export_c", "export_firmware", "RESOLVER_METHODS"]
 
 #: TFLite builtin op -> MicroMutableOpResolver method (tensorflow/lite/micro/micro_mutable_op_resolver.h)
 RESOLVER_METHODS = {
@@ -36,27 +36,25 @@ RESOLVER_METHODS = {
 }
 
 
-def _ops(data: bytes) -> list[dict[str, Any]]:
-    """Every op with the dtypes of its tensors, read without delegates (LiteRT's interpreter)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    interpreter = Interpreter(model_content=data, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    ops = []
-    for op in interpreter._get_ops_details():  # the interpreter's own op listing
-        dtypes = {str(tensors[i]["dtype"].__name__) for i in [*op["inputs"], *op["outputs"]] if i in tensors}
-        ops.append({"op": op["op_name"], "dtypes": sorted(dtypes)})
-    return ops
-
-
 def model_ops(data: bytes) -> list[str]:
     """The distinct ops a model uses, sorted."""
-    return sorted({op["op"] for op in _ops(data)})
+    from edgeship.engines.tflm.graph import read_graph
+
+    return sorted({op.op for op in read_graph(data).ops})
+
+
+def float_ops(graph: Any) -> list[str]:
+    """Ops of a :class:`edgeship.engines.tflm.graph.Graph` that read or write a float tensor, sorted."""
+    return sorted({op.op for op in graph.ops
+                   if any(graph.tensors[t].dtype.startswith(("FLOAT", "BFLOAT")) for t in [*op.inputs, *op.outputs]
+                          if t >= 0)})
 
 
 def check_full_int8(data: bytes) -> None:
     """Refuse a model with float ops (a microcontroller build wants int8 throughout), listing them."""
-    floating = sorted({op["op"] for op in _ops(data) if any(d.startswith("float") for d in op["dtypes"])})
+    from edgeship.engines.tflm.graph import read_graph
+
+    floating = float_ops(read_graph(data))
     if floating:
         raise InvalidModelError(f"the model is not full int8: {', '.join(floating)} compute in float. A "
                                 "microcontroller target needs full-integer quantization (recipe tflm-int8, or "

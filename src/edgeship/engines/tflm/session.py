@@ -139,16 +139,10 @@ class TFLMSession:
 
 def _io_counts(data: bytes) -> tuple[int, int]:
     """(inputs, outputs) of the first subgraph, from the flatbuffer (pure Python: a bad file raises)."""
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+    from edgeship.engines.tflm.graph import read_graph
 
-    try:
-        model = schema.Model.GetRootAsModel(data, 0)
-        if model.SubgraphsLength() < 1:
-            raise ValueError("no subgraph")
-        graph = model.Subgraphs(0)
-        return graph.InputsLength(), graph.OutputsLength()
-    except Exception as exc:  # flatbuffers raises struct/index errors on a damaged file
-        raise InvalidModelError(f"not a readable .tflite flatbuffer ({type(exc).__name__}).") from None
+    graph = read_graph(data)
+    return len(graph.inputs), len(graph.outputs)
 
 
 def _signature_names(data: bytes, n_in: int, n_out: int) -> tuple[list[str], list[str]]:
