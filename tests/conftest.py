@@ -77,6 +77,17 @@ def cnn_onnx(cnn_model, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def int8_cnn(trained_cnn, digits8, tmp_path_factory) -> dict[str, Path]:
+    """The digits CNN as .tflite files from litert-torch: full int8 (int8 I/O, calibrated) and float."""
+    from edgeship.engines.litert.convert import to_litert
+
+    samples = [{"image": digits8["x_train"][i:i + 1]} for i in range(100)]
+    root = tmp_path_factory.mktemp("tflite")
+    return {"int8": to_litert(trained_cnn, ["image"], ["logits"], samples, root / "int8.tflite", "int8"),
+            "float": to_litert(trained_cnn, ["image"], ["logits"], samples, root / "float.tflite", "none")}
+
+
+@pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A 2-layer BERT sentence-transformers directory (random weights, MiniLM's tokenizer)."""
     import torch

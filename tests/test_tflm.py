@@ -12,17 +12,8 @@ import numpy as np
 import pytest
 
 import edgeship
-from edgeship.engines.litert.convert import to_litert
 from edgeship.engines.tflm.firmware import check_full_int8, export_c, model_ops
 from edgeship.engines.tflm.session import TFLMSession, arena_fits, exact_arena
-
-
-@pytest.fixture(scope="module")
-def int8_cnn(trained_cnn, digits8, tmp_path_factory):
-    samples = [{"image": digits8["x_train"][i:i + 1]} for i in range(100)]
-    root = tmp_path_factory.mktemp("tflm")
-    return {"int8": to_litert(trained_cnn, ["image"], ["logits"], samples, root / "int8.tflite", "int8"),
-            "float": to_litert(trained_cnn, ["image"], ["logits"], samples, root / "float.tflite", "none")}
 
 
 def test_accuracy_on_the_microcontroller_interpreter_is_within_one_point_of_float(int8_cnn, trained_cnn, digits8):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edgeship.model import Model
 
-__all__ = ["inspect_model", "fit_report", "mcu_fits"]
+__all__ = ["inspect_model", "fit_report", "mcu_fits", "edgetpu_report"]
 
 
 def inspect_model(model: Any, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
@@ -93,16 +93,29 @@ def fit_report(
     return report
 
 
+def _tflite_path(model: Any, target: str) -> Path:
+    from edgeship.errors import ConfigError
+
+    path = Path(str(model))
+    if path.suffix.lower() not in (".tflite", ".tflm"):
+        raise ConfigError(f"--target {target} checks a .tflite/.tflm model, got {str(model)!r}: make a full-int8 one "
+                          "with `edgeship optimize MODEL --recipes tflm-int8`.")
+    return path
+
+
+def edgetpu_report(model: Any) -> dict[str, Any]:
+    """Which ops of a .tflite model a Coral Edge TPU would run, by its documented rules."""
+    from edgeship.targets.edgetpu import edgetpu_check
+
+    return edgetpu_check(_tflite_path(model, "edgetpu"))
+
+
 def mcu_fits(model: Any, request_rate_hz: float = 1.0) -> list[dict[str, Any]]:
     """The fit report of a .tflite model on every built-in microcontroller profile; the arena is
     measured once, on TFLM's interpreter."""
     from edgeship.engines.tflm.session import exact_arena
-    from edgeship.errors import ConfigError
     from edgeship.targets.mcu_fit import mcu_fit, mcu_profiles
 
-    path = Path(str(model))
-    if path.suffix.lower() not in (".tflite", ".tflm"):
-        raise ConfigError(f"--target mcu checks a .tflite/.tflm model, got {str(model)!r}: make one with "
-                          "`edgeship optimize MODEL --target cortex-m4` (recipe tflm-int8).")
+    path = _tflite_path(model, "mcu")
     arena = exact_arena(path)
     return [mcu_fit(path, p, arena.exact_bytes, arena.report, request_rate_hz) for p in mcu_profiles()]

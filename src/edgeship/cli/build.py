@@ -234,7 +234,7 @@ def inspect(
     model: Annotated[str, typer.Argument(help="An .onnx file, a Hugging Face directory, or MODULE:FUNCTION.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     shape: Annotated[Optional[list[str]], typer.Option("--shape", help="Sizes for dynamic dims, e.g. input_ids=1x64; without it, MACs of a model with dynamic dims are unknown.")] = None,
-    target: Annotated[Optional[str], typer.Option("--target", help="A device profile id (see `edgeship targets`) or a .toml file: adds a fit report; `mcu`: a .tflite model against every microcontroller profile.")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="A device profile id (see `edgeship targets`) or a .toml file: adds a fit report; `mcu`: a .tflite model against every microcontroller profile; `edgetpu`: which of its ops a Coral Edge TPU would run.")] = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="Threads for the estimate and the host measurement.")] = 2,
     request_rate: Annotated[float, typer.Option("--request-rate", help="Requests per second, for the idle share of energy.")] = 1.0,
     max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", help="Latency budget for choosing the DVFS state.")] = None,
@@ -261,6 +261,10 @@ def inspect(
             from edgeship.inspection import mcu_fits
 
             info["mcu_fits"] = mcu_fits(model, request_rate)
+        elif target == "edgetpu":
+            from edgeship.inspection import edgetpu_report
+
+            info["edgetpu"] = edgetpu_report(model)
         elif target is not None:
             info["estimate"] = fit_report(model, target, shapes, threads, request_rate, max_latency_ms)
         return info
@@ -293,6 +297,8 @@ def inspect(
         _print_fit(info["estimate"])
     if "mcu_fits" in info:
         _print_mcu_fits(info["mcu_fits"])
+    if "edgetpu" in info:
+        _print_edgetpu(info["edgetpu"])
 
 
 def _print_gguf(info: dict[str, Any]) -> None:
@@ -320,6 +326,17 @@ def _print_gguf(info: dict[str, Any]) -> None:
                       f"{fmt_bytes(b['working'])}); longest context that fits: {fit['longest_context']:,} tokens; "
                       f"decode at most {fit['decode_tokens_per_s_bound']:.0f} tokens/s (memory bandwidth); "
                       + ("fits" if fit["fits"] else "does NOT fit: " + "; ".join(fit["reasons"])), highlight=False)
+
+
+def _print_edgetpu(check: dict[str, Any]) -> None:
+    table = Table(title=f"Edge TPU: {check['on_edgetpu']} op(s) on the accelerator, {check['on_cpu']} on the CPU",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("#", "op", "runs on", "why / documented limit"):
+        table.add_column(col)
+    for row in check["ops"]:
+        table.add_row(str(row["index"]), row["op"], row["device"], row["why"] or row["documented_limit"])
+    console.print(table)
+    console.print(f"note: {check['compiler']}; rules from {check['source']}", highlight=False)
 
 
 def _print_mcu_fits(fits: list[dict[str, Any]]) -> None:

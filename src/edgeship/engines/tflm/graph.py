@@ -33,6 +33,7 @@ class TensorInfo:
     dtype: str  # TFLite's TensorType name: INT8, FLOAT32, ...
     shape: tuple[int, ...]
     constant: bool  # its data is in the flatbuffer (weights, biases): flash, not the arena
+    dynamic: bool = False  # a dim is -1 in its shape signature (sized at run time)
 
     @property
     def nbytes(self) -> int:
@@ -47,6 +48,7 @@ class OpInfo:
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     macs: int  # multiply-accumulates of CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ...; 0 for the rest
+    fused_activation: str = "NONE"  # of pools and concatenations (RELU, RELU6, ...), from their options
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,21 @@ def _macs(op: str, tensors: list[TensorInfo], inputs: list[int], outputs: list[i
     return 0
 
 
+_OPTIONS = {"AVERAGE_POOL_2D": "Pool2DOptions", "MAX_POOL_2D": "Pool2DOptions", "L2_POOL_2D": "Pool2DOptions",
+            "CONCATENATION": "ConcatenationOptions"}
+
+
+def _fused_activation(schema: Any, operator: Any, op: str, names: dict[int, str]) -> str:
+    """The activation fused into a pool or concatenation (the Edge TPU maps them only without one)."""
+    kind = _OPTIONS.get(op)
+    table = operator.BuiltinOptions() if kind else None
+    if table is None:
+        return "NONE"
+    options = getattr(schema, kind)()
+    options.Init(table.Bytes, table.Pos)
+    return names.get(options.FusedActivationFunction(), "UNKNOWN")
+
+
 def read_graph(data: bytes) -> Graph:
     """The first subgraph of a .tflite flatbuffer; a damaged file raises InvalidModelError."""
     try:
@@ -128,6 +145,7 @@ def read_graph(data: bytes) -> Graph:
         raise ConfigError("reading a .tflite graph needs TFLite Micro's schema: pip install 'edgeship[tflm]'.") from None
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    activations = {v: k for k, v in vars(schema.ActivationFunctionType).items() if not k.startswith("_")}
     try:
         model = schema.Model.GetRootAsModel(data, 0)
         if model.SubgraphsLength() < 1:
@@ -143,8 +161,9 @@ def read_graph(data: bytes) -> Graph:
             buffer = model.Buffers(b) if 0 <= b < buffers else None
             constant = buffer is not None and (buffer.DataLength() > 0 or buffer.Offset() > 1)
             shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
+            dynamic = bool(t.ShapeSignatureLength()) and bool((t.ShapeSignatureAsNumpy() < 0).any())
             tensors.append(TensorInfo(i, (t.Name() or b"").decode("utf-8", "replace"), types.get(t.Type(), "UNKNOWN"),
-                                      shape, constant))
+                                      shape, constant, dynamic))
         ops = []
         for i in range(graph.OperatorsLength()):
             o = graph.Operators(i)
@@ -154,7 +173,8 @@ def read_graph(data: bytes) -> Graph:
             outs = [int(x) for x in o.OutputsAsNumpy()] if o.OutputsLength() else []
             if any(x >= len(tensors) for x in [*ins, *outs]):
                 raise ValueError("tensor index out of range")
-            ops.append(OpInfo(i, op, tuple(ins), tuple(outs), _macs(op, tensors, ins, outs)))
+            ops.append(OpInfo(i, op, tuple(ins), tuple(outs), _macs(op, tensors, ins, outs),
+                              _fused_activation(schema, o, op, activations)))
         inputs = tuple(int(x) for x in graph.InputsAsNumpy()) if graph.InputsLength() else ()
         outputs = tuple(int(x) for x in graph.OutputsAsNumpy()) if graph.OutputsLength() else ()
         if any(not 0 <= x < len(tensors) for x in [*inputs, *outputs]):
