@@ -492,17 +492,45 @@ class ExportFormat(str, Enum):
 
 
 def export(
-    model: Annotated[Path, typer.Argument(help="A full-int8 .tflite/.tflm, or an optimize folder whose best is a TFLite Micro candidate.")],
+    model: Annotated[str, typer.Argument(help="A full-int8 .tflite/.tflm, an optimize folder whose best is a TFLite Micro candidate, or MODULE:FUNCTION returning a fitted scikit-learn tree/forest/MLP (or (estimator, x_eval, y_eval)).")],
     out: Annotated[Path, typer.Option("--out", help="The folder to write the sources into.")],
-    format: Annotated[ExportFormat, typer.Option("--format", help="c: the model as a C array, the exact arena, an op resolver and a TFLM example.")] = ExportFormat.c,
+    format: Annotated[ExportFormat, typer.Option("--format", help="c: the model as C for a firmware build (TFLM: array, exact arena, op resolver, example; scikit-learn: emlearn's C and an example).")] = ExportFormat.c,
+    name: Annotated[str, typer.Option("--name", help="scikit-learn models: the C name (NAME_predict).")] = "model",
 ) -> None:
-    """Write a microcontroller model out for a firmware build (TensorFlow Lite Micro)."""
-    from edgeship.engines.tflm.firmware import export_firmware
+    """Write a microcontroller model out for a firmware build (TensorFlow Lite Micro, or emlearn for
+    scikit-learn), with its fit on every microcontroller profile."""
+    path = Path(model)
+    if ":" in model and not path.exists():
+        from edgeship.engines.emlearn.convert import export_function
 
-    files, arena = guard(lambda: export_firmware(model, out))
-    console.print(f"tensor arena: {arena:,} bytes (exact, measured on TFLite Micro's interpreter)", highlight=False)
-    for path in files:
-        console.print(f"wrote {path}", highlight=False)
+        result = guard(lambda: export_function(model, out, name))
+        if result.accuracy:
+            acc = result.accuracy
+            console.print(f"accuracy: compiled C {acc['c']:.4f}, scikit-learn {acc['sklearn']:.4f} "
+                          f"(the two agree on {acc['agreement']:.1%} of rows)", highlight=False)
+        _print_classic_fits(result.fits)
+        files = result.files
+    else:
+        from edgeship.engines.tflm.firmware import export_firmware
+
+        files, arena = guard(lambda: export_firmware(path, out))
+        console.print(f"tensor arena: {arena:,} bytes (exact, measured on TFLite Micro's interpreter)", highlight=False)
+    for written in files:
+        console.print(f"wrote {written}", highlight=False)
+
+
+def _print_classic_fits(fits: list[dict[str, Any]]) -> None:
+    from edgeship.report.writer import fmt_bytes
+
+    table = Table(title=f"microcontrollers (emlearn C; {fits[0]['flash_note']})", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("target", "RAM need / SRAM", "flash need / flash", "latency (estimate)", "fits"):
+        table.add_column(col)
+    for fit in fits:
+        table.add_row(fit["target"], f"{fmt_bytes(fit['ram_bytes'])} / {fmt_bytes(fit['sram_bytes'])}",
+                      f"{fmt_bytes(fit['flash_bytes'])} / {fmt_bytes(fit['flash_size_bytes'])}",
+                      f"{fit['latency_ms']:.3g} ms", "yes" if fit["fits"] else "NO: " + "; ".join(fit["reasons"]))
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:
