@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_quantization.py
 	$(PY) benchmarks/bench_engines.py
 	$(PY) benchmarks/bench_footprint.py
+	$(PY) benchmarks/bench_mcu.py
 	$(PY) benchmarks/bench_compression.py
 	$(PY) benchmarks/bench_estimates.py
 	$(PY) benchmarks/bench_search.py

@@ -513,8 +513,10 @@ def export(
     else:
         from edgeship.engines.tflm.firmware import export_firmware
 
-        files, arena = guard(lambda: export_firmware(path, out))
-        console.print(f"tensor arena: {arena:,} bytes (exact, measured on TFLite Micro's interpreter)", highlight=False)
+        files, arena, fits = guard(lambda: export_firmware(path, out))
+        console.print(f"tensor arena: {arena.exact_bytes:,} bytes (exact, measured on TFLite Micro's interpreter)",
+                      highlight=False)
+        _print_mcu_fits(fits)
     for written in files:
         console.print(f"wrote {written}", highlight=False)
 

@@ -113,10 +113,10 @@ def export_c(model_file: Path, out_dir: Path, arena_bytes: int, name: str = "mod
     return written
 
 
-def export_firmware(model: Path | str, out_dir: Path | str) -> tuple[list[Path], int]:
+def export_firmware(model: Path | str, out_dir: Path | str) -> tuple[list[Path], Any, list[dict[str, Any]]]:
     """``edgeship export --format c``: ``model`` is a full-int8 .tflite (or .tflm), or an optimize folder
     whose best is a TFLite Micro candidate. The arena is measured here, on TFLM's interpreter.
-    Returns (files written, arena bytes)."""
+    Returns (files written, the arena report, the fit on every microcontroller profile)."""
     from edgeship.engines.tflm.session import exact_arena
 
     path = Path(model)
@@ -128,5 +128,8 @@ def export_firmware(model: Path | str, out_dir: Path | str) -> tuple[list[Path],
     if not path.is_file() or path.suffix.lower() not in (".tflite", ".tflm"):
         raise InvalidModelError(f"{str(model)!r} is not a .tflite/.tflm file or an optimize folder with best.tflm.")
     check_full_int8(path.read_bytes())  # before the arena search: a float model is refused with its ops
-    arena = exact_arena(path).exact_bytes
-    return export_c(path, Path(out_dir), arena), arena
+    from edgeship.targets.mcu_fit import mcu_fit, mcu_profiles
+
+    arena = exact_arena(path)
+    fits = [mcu_fit(path, p, arena.exact_bytes, arena.report) for p in mcu_profiles()]
+    return export_c(path, Path(out_dir), arena.exact_bytes), arena, fits
