@@ -90,10 +90,14 @@ def test_a_model_too_big_for_the_flash_says_by_how_much(fitted, tmp_path):
     assert not fit["fits"] and f"exceeds 8.0 KiB by {(need - 8192) / 1024:,.1f} KiB" in fit["reasons"][0]
 
 
-def test_numpys_error_state_survives_emlearn(fitted):
+def test_emlearn_leaves_numpys_error_state_and_the_working_directory_alone(fitted, tmp_path, monkeypatch):
+    """emlearn sets numpy to raise on every floating-point error, and compiles a check program
+    into ./tmp of the working directory; neither side effect reaches the user."""
+    monkeypatch.chdir(tmp_path)
     before = np.geterr()
     to_c(fitted["forest"])
-    assert np.geterr() == before
+    to_c(fitted["mlp"])
+    assert np.geterr() == before and list(tmp_path.iterdir()) == []
 
 
 def test_export_cli_takes_a_model_function_and_refuses_what_emlearn_cannot_convert(tmp_path):

@@ -13,8 +13,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import re
+import threading
 import shutil
 import subprocess
 import tempfile
@@ -36,6 +38,7 @@ MODELS = {"DecisionTreeClassifier": "trees", "RandomForestClassifier": "trees", 
 _ACTIVATIONS = {"relu", "tanh", "logistic", "identity"}  # eml_net's (emlearn/net.py)
 #: cycles per tree node visited (load a feature, compare, branch): an assumption, not a measurement
 CYCLES_PER_NODE = 5
+_CWD_LOCK = threading.Lock()  # the working directory is the process's: one conversion at a time
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -85,8 +88,10 @@ def to_c(estimator: Any, name: str = "model") -> CModel:
         raise InvalidModelError(f"emlearn's MLP supports activations {sorted(_ACTIVATIONS)}, got "
                                 f"{estimator.activation!r}.")
     emlearn = _emlearn()
-    converted = emlearn.convert(estimator, method="inline", dtype="float") if kind == "trees" else emlearn.convert(estimator)
-    with tempfile.TemporaryDirectory(prefix="edgeship-emlearn-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgeship-emlearn-") as tmp, _CWD_LOCK, contextlib.chdir(tmp):
+        # emlearn compiles a test program into ./tmp of the working directory: keep that in a scratch folder
+        converted = (emlearn.convert(estimator, method="inline", dtype="float") if kind == "trees"
+                     else emlearn.convert(estimator))
         header_path = Path(tmp) / f"{name}.h"
         converted.save(file=str(header_path), name=name)
         header = header_path.read_text(encoding="utf-8")
