@@ -1,7 +1,7 @@
 """The ``edgeship`` command line: thin commands that parse, call the Python API and render with rich.
 
 One module per command group: ``build`` (optimize, inspect, recipes, targets, demo, pack),
-``bundle`` (keygen, verify, run), ``serve``, ``ota`` (repo, publish, agent, fleet). On a device-only
+``hybrid`` (split), ``bundle`` (keygen, verify, run), ``serve``, ``ota`` (repo, publish, agent, fleet). On a device-only
 install (``pip install edgeship[runtime]``, no onnx) the build commands are not offered.
 """
 
@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgeship.cli import build, bundle, ota, serve
+from edgeship.cli import build, bundle, hybrid, ota, serve
 from rich.markup import escape
 
 from edgeship.cli._common import console, err_console, setup_logging
@@ -55,6 +55,7 @@ def build_side_installed() -> bool:
 _build = build_side_installed()
 if _build:
     build.register(app)
+    hybrid.register(app)
 bundle.register(app, build=_build)
 serve.register(app)
 ota.register(app)

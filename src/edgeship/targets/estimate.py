@@ -25,7 +25,7 @@ from edgeship.errors import ConfigError
 from edgeship.model import Model
 from edgeship.targets.profiles import DvfsState, Profile
 
-__all__ = ["GraphCost", "graph_cost", "estimate", "FALLBACK_EFFICIENCY"]
+__all__ = ["GraphCost", "graph_cost", "estimate", "node_latencies_s", "dvfs_states", "FALLBACK_EFFICIENCY"]
 
 #: share of datasheet peak that ONNX Runtime's kernels are assumed to reach when the host's
 #: own efficiency cannot be measured (e.g. a VM that reports a nominal clock)
@@ -51,6 +51,7 @@ class NodeCost:
     macs: int | None  # None: a cost that cannot be counted (see edgeship.evaluate.graph.node_macs)
     int8: bool
     bytes_moved: int
+    index: int = -1  # the node's position in the graph
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def _node_costs(graph: Any, value_shapes: dict[str, Any], types: dict[str, int])
 
     graph_io = {v.name for v in [*graph.input, *graph.output]}
     nodes, prepacked = [], 0
-    for node in graph.node:
+    for index, node in enumerate(graph.node):
         at_boundary = any(n in graph_io for n in [*node.input, *node.output])
         if node.op_type in _FUSED_AWAY and not (node.op_type != "Identity" and at_boundary and
                                                  not all(i in inits for i in node.input if i)):
@@ -134,7 +135,7 @@ def _node_costs(graph: Any, value_shapes: dict[str, Any], types: dict[str, int])
         else:
             moved = sum(_nbytes(value_shapes.get(n), types.get(n)) for n in [*node.input, *node.output] if n)
         op = "QLinearConv" if node.op_type == "Conv" and is_int8 else node.op_type  # a QDQ Conv runs as QLinearConv
-        nodes.append(NodeCost(op, node_macs(node, value_shapes, producers), is_int8, moved))
+        nodes.append(NodeCost(op, node_macs(node, value_shapes, producers), is_int8, moved, index))
     return nodes, prepacked
 
 
@@ -200,7 +201,11 @@ def _dispatch_cycles(profile: Profile) -> tuple[float, dict[str, float]]:
     return float(host.extra.get("dispatch_cycles", DISPATCH_CYCLES)), host.extra.get("op_overhead_cycles", {})
 
 
-def _latency_s(cost: GraphCost, profile: Profile, state: DvfsState, threads: int, eff: tuple[float, float]) -> float:
+def node_latencies_s(cost: GraphCost, profile: Profile, state: DvfsState | None = None, threads: int = 2,
+                     eff: tuple[float, float] | None = None) -> list[tuple[int, float]]:
+    """(graph node index, estimated seconds) for each node that runs, in graph order."""
+    state = state or profile.max_state
+    eff = eff or efficiency(profile)[:2]
     used = max(1, min(threads, profile.cores))
     cores = 1 + PARALLEL_EFFICIENCY * (used - 1)
     hz = state.freq_ghz * 1e9
@@ -208,14 +213,18 @@ def _latency_s(cost: GraphCost, profile: Profile, state: DvfsState, threads: int
     bandwidth = profile.mem_bandwidth_gbs * 1e9
     slow = _op_rates(profile)
     dispatch, op_overhead = _dispatch_cycles(profile)
-    total = 0.0
+    out = []
     for n in cost.nodes:
         per_cycle = (profile.int8_macs_per_cycle * eff[1]) if n.int8 else (profile.fp32_macs_per_cycle * eff[0])
         if n.op in slow:
             per_cycle = profile.fp32_macs_per_cycle * eff[0] * slow[n.op]
         compute = n.macs / (per_cycle * hz * cores) if n.macs else 0.0  # uncounted ops: memory traffic only
-        total += max(compute, n.bytes_moved / bandwidth) + max(dispatch, op_overhead.get(n.op, 0.0)) / hz
-    return total
+        out.append((n.index, max(compute, n.bytes_moved / bandwidth) + max(dispatch, op_overhead.get(n.op, 0.0)) / hz))
+    return out
+
+
+def _latency_s(cost: GraphCost, profile: Profile, state: DvfsState, threads: int, eff: tuple[float, float]) -> float:
+    return sum(t for _, t in node_latencies_s(cost, profile, state, threads, eff))
 
 
 def dvfs_states(profile: Profile, latency_s: Callable[[DvfsState], float], request_rate_hz: float,
