@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgeship
 from edgeship.hybrid.split import Link, cuts, extract, plan_split
-from edgeship.hybrid.wire import decode, encode
+from edgeship.hybrid.wire import decode, encode, wire_inputs
 
 CNN_SHAPE = {"image": (1, 1, 8, 8)}
 
@@ -39,17 +39,20 @@ def test_every_cut_runs_as_head_then_tail_and_gives_the_full_answer(cnn_onnx, di
         np.testing.assert_allclose(answer, full, rtol=1e-5, atol=1e-5)
 
 
-def test_int8_on_the_wire_keeps_the_answer(cnn_onnx, digits8, tmp_path):
+@pytest.mark.parametrize("wire", ["fp16", "int8"])
+def test_a_tail_takes_the_cut_tensor_as_it_travels(cnn_onnx, digits8, tmp_path, wire):
+    """fp16 or int8 (with its scale) on the wire; the tail casts back: the answer keeps its floor."""
     x = digits8["x_test"][:64]
     table = cuts(onnx.load(str(cnn_onnx)), CNN_SHAPE)
     middle = table[len(table) // 2]
-    head, tail = extract(cnn_onnx, middle.position, tmp_path, CNN_SHAPE)
+    head, tail = extract(cnn_onnx, middle.position, tmp_path, CNN_SHAPE, wire)
     full = _run(cnn_onnx, {"image": x})[0]
-    sent = [decode(*encode(t, "int8")) for t in _run(head, {"image": x})]
-    assert all(encode(t, "int8")[0].dtype == np.int8 for t in sent)
-    answer = _run(tail, dict(zip(middle.tensors, sent)))[0]
+    sent = wire_inputs(dict(zip(middle.tensors, _run(head, {"image": x}))), wire)
+    assert {v.dtype for k, v in sent.items() if k.endswith(".wire")} == {np.dtype(np.float16 if wire == "fp16" else np.int8)}
+    answer = _run(tail, sent)[0]
     cos = float((answer * full).sum() / (np.linalg.norm(answer) * np.linalg.norm(full)))
     assert cos >= 0.99 and (answer.argmax(1) == full.argmax(1)).mean() >= 0.95
+    assert np.allclose(decode(*encode(full, "int8")), full, atol=float(np.abs(full).max()) / 127)
 
 
 def _early_reduce_model(path):

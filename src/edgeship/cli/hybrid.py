@@ -40,7 +40,7 @@ def split(
 
             from edgeship.core.files import atomic_write_text
 
-            head, tail = extract(model, plan.chosen["position"], out, shapes)
+            head, tail = extract(model, plan.chosen["position"], out, shapes, plan.wire)
             files = [p for p in (head, tail) if p is not None]
             atomic_write_text(out / "split.json", json.dumps(plan.to_dict(), indent=2))
             files += [out / "split.json", plot_split(plan, out / "split.png")]

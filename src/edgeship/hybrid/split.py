@@ -181,9 +181,12 @@ def plan_split(model: Path | str, device: Any, server: Any = "host", link: Link 
 
 
 def extract(model: Path | str, position: int, out_dir: Path | str,
-            shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[Path | None, Path | None]:
+            shapes: dict[str, tuple[int, ...]] | None = None, wire: str = "fp32") -> tuple[Path | None, Path | None]:
     """Write ``head.onnx`` (device) and ``tail.onnx`` (server) for the cut at ``position``; device-only
-    has no tail and cloud-only no head (None)."""
+    has no tail and cloud-only no head (None). The tail takes the cut tensors as ``wire`` sends them
+    (:func:`edgeship.hybrid.wire.adapt_tail`)."""
+    from edgeship.hybrid.wire import adapt_tail
+
     import onnx
     from onnx.utils import Extractor
 
@@ -206,7 +209,8 @@ def extract(model: Path | str, position: int, out_dir: Path | str,
                            .SerializeToString())
     if cut.position < len(proto.graph.node):
         tail = out / "tail.onnx"
-        atomic_write_bytes(tail, extractor.extract_model(list(cut.tensors), outputs).SerializeToString())
+        sent = list(cut.tensors) if cut.position > 0 else inputs
+        atomic_write_bytes(tail, adapt_tail(extractor.extract_model(sent, outputs), wire).SerializeToString())
     return head, tail
 
 
