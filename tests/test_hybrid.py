@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgeship
 from edgeship.hybrid.split import Link, cuts, extract, plan_split
-from edgeship.hybrid.wire import decode, encode, wire_inputs
+from edgeship.core.wire import decode, encode, wire_inputs
 
 CNN_SHAPE = {"image": (1, 1, 8, 8)}
 

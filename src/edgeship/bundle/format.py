@@ -14,7 +14,11 @@ A bundle is a zip archive with exactly these members (stored, not compressed; na
   :func:`edgeship.engines.openvino.session.ir_container`), ``model.tflite`` for LiteRT;
 - ``selftest.npz``: a reference input and its expected output;
 - ``tokenizer.json`` (text models only): the tokenizer the device runs with the ``tokenizers``
-  library, so that text goes in and labels come out without transformers or torch.
+  library, so that text goes in and labels come out without transformers or torch;
+- ``head.onnx`` (or ``head.onnx.enc``; hybrid bundles only): the part of the model before the cut,
+  which the device runs before it sends the cut tensor upstream; the manifest's ``hybrid`` table
+  is the plan (cut tensors, wire encoding, the upstream's tail model). The model member is then the
+  whole model, the device's fallback.
 
 This follows the OpenSSF model-signing idea (per-file digests in one signed manifest) with
 a plain Ed25519 signature instead of a Sigstore bundle: devices verify offline, against keys
@@ -62,6 +66,7 @@ class VerifiedBundle:
     model_bytes: bytes
     selftest: dict[str, np.ndarray]
     tokenizer_json: bytes | None = None
+    head_bytes: bytes | None = None  # hybrid bundles: the model up to the cut
 
     @property
     def name(self) -> str:
@@ -287,6 +292,33 @@ def verify_bundle(
     with np.load(io.BytesIO(members[Bundle.SELFTEST]), allow_pickle=False) as archive:
         selftest = {k: archive[k] for k in archive.files}
     tokenizer = bytes(members[Bundle.TOKENIZER]) if Bundle.TOKENIZER in members else None
+    head = _head_bytes(members, manifest, decrypt_key)
     if state_dir is not None and record:
         record_accepted(state_dir, name, version)
-    return VerifiedBundle(manifest, model_bytes, selftest, tokenizer)
+    return VerifiedBundle(manifest, model_bytes, selftest, tokenizer, head)
+
+
+def _head_bytes(members: dict[str, memoryview], manifest: dict[str, Any], decrypt_key: bytes | None) -> bytes | None:
+    """A hybrid bundle's head (its digest already checked), decrypted like the model; a head without
+    a plan, or stored plain in an encrypted bundle, is refused."""
+    present = [m for m in (Bundle.HEAD, Bundle.HEAD + Bundle.ENCRYPTED_SUFFIX) if m in members]
+    hybrid, encryption = manifest.get("hybrid"), manifest.get("encryption")
+    if not present:
+        if isinstance(hybrid, dict) and hybrid.get("position", 0) > 0:
+            raise BundleError("the manifest plans a split but the bundle has no head.onnx; repack it.")
+        return None
+    if not isinstance(hybrid, dict):
+        raise BundleError("the bundle holds a head.onnx but its manifest has no hybrid plan; refusing it.")
+    if present != [Bundle.model_member(bool(encryption), Bundle.HEAD)]:
+        raise BundleError(f"the bundle holds {present[0]!r}, which does not match its {'encrypted' if encryption else 'plain'} "
+                          "model; refusing it.")
+    if not encryption:
+        return bytes(members[present[0]])
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    try:
+        return AESGCM(decrypt_key).decrypt(bytes.fromhex(hybrid["head_nonce"]), members[present[0]],
+                                           aad(manifest["name"], manifest["version"]))
+    except (InvalidTag, ValueError, KeyError, TypeError):
+        raise BundleError("the head does not decrypt with this key (wrong --decrypt-key, or altered data).") from None

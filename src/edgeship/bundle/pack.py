@@ -27,7 +27,7 @@ from edgeship.core.report import ModelInfo, ReportHead
 from edgeship.core.session import Optimization, open_session
 from edgeship.errors import ConfigError, InvalidModelError
 
-__all__ = ["pack", "reference_input"]
+__all__ = ["pack", "reference_input", "tail_bundle_path"]
 
 
 def reference_input(inputs: list[Any], seq_len: int = 8) -> dict[str, np.ndarray]:
@@ -214,6 +214,7 @@ def pack(
     preoptimize: bool = True,
     tokenizer: Path | str | None = None,
     max_length: int | None = None,
+    split: Path | str | None = None,
 ) -> Path:
     """Write a .edgeship bundle; returns its path. The file appears only when complete.
 
@@ -223,6 +224,10 @@ def pack(
     folder) name the classes. ``tokenizer`` (a Hugging Face directory or tokenizer.json; from an
     optimize folder of a Hugging Face model, its own) lets the device take text, padded or cut
     to ``max_length`` tokens (default: the length the model was evaluated at, else 128).
+
+    ``split`` (a folder from ``edgeship split --out``) makes a hybrid bundle: the whole model (the
+    device's fallback), its head and the plan; the tail is packed beside it as
+    ``<out>-tail.edgeship`` (model name ``<name>-tail``), for the upstream server.
     """
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -277,6 +282,17 @@ def pack(
         encryption = {"alg": "AES-256-GCM", "nonce": nonce.hex(), "aad": "name+version"}
     else:
         members[Bundle.model_member(False, engine.member)] = model_bytes
+    hybrid = None
+    if split is not None:
+        if source.artifact is not None or engine.name != "onnxruntime":
+            raise ConfigError("a hybrid bundle splits an ONNX model for ONNX Runtime; pack the .onnx that was split.")
+        hybrid, head_member, head_bytes = _hybrid(Path(split), name, loaded)
+        if content_key is not None:
+            head_nonce = os.urandom(NONCE_BYTES)
+            hybrid["head_nonce"] = head_nonce.hex()
+            head_bytes = AESGCM(content_key).encrypt(head_nonce, head_bytes, aad(name, version))
+        if head_member:
+            members[Bundle.model_member(content_key is not None, Bundle.HEAD)] = head_bytes
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -302,6 +318,45 @@ def pack(
         "runtime": {engine.package: _version(engine.package), "graph_optimization": optimization},
         "members": {k: {"sha256": hashlib.sha256(v).hexdigest(), "size": len(v)} for k, v in members.items()},
     }
+    if hybrid is not None:
+        manifest["hybrid"] = hybrid
     out = Path(out)
+    if hybrid is not None:  # the tail first: the device bundle appears only with its upstream half
+        pack(Path(split) / "tail.onnx", hybrid["tail_model"], version, sign_key, tail_bundle_path(out), encrypt_key,
+             preoptimize=preoptimize)
     _write(out, manifest, members, key)
     return out
+
+
+def tail_bundle_path(out: Path | str) -> Path:
+    """Where :func:`pack` writes a hybrid bundle's tail: beside it, ``<stem>-tail.edgeship``."""
+    out = Path(out)
+    return out.with_name(out.stem + "-tail" + out.suffix)
+
+
+def _hybrid(folder: Path, name: str, loaded: Any) -> tuple[dict[str, Any], bool, bytes]:
+    """(the manifest's hybrid plan, whether there is a head, its bytes) from an ``edgeship split`` folder."""
+    plan_file = folder / "split.json"
+    if not plan_file.is_file() or not (folder / "tail.onnx").is_file():
+        raise ConfigError(f"{str(folder)!r} is not an `edgeship split --out` folder (split.json and tail.onnx); "
+                          "run edgeship split first.")
+    try:
+        plan = json.loads(plan_file.read_text(encoding="utf-8"))
+        chosen, wire = plan["chosen"], str(plan["wire"])
+        position, cut = int(chosen["position"]), [str(t) for t in chosen["tensors"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{str(plan_file)!r} is not a split plan ({type(exc).__name__}: {exc}).") from None
+    if chosen.get("where") == "device":
+        raise ConfigError("the split plan runs everything on the device: pack the model alone, without --split.")
+    head = folder / "head.onnx"
+    head_bytes = head.read_bytes() if position > 0 else b""
+    if position > 0:
+        session = open_session(head_bytes, threads=1)
+        if [i.name for i in session.get_inputs()] != [s.name for s in loaded.inputs] or \
+                sorted(o.name for o in session.get_outputs()) != sorted(cut):
+            raise ConfigError(f"{str(head)!r} does not take the model's inputs and give the plan's cut {cut}; "
+                              "split this model again.")
+    hybrid = {"position": position, "cut": cut, "wire": wire, "tail_model": f"{name}-tail",
+              "device": plan.get("device"), "link": plan.get("link"),
+              "estimate_ms": {k: chosen.get(k) for k in ("head_ms", "transfer_ms", "tail_ms", "total_ms")}}
+    return hybrid, position > 0, head_bytes

@@ -53,6 +53,7 @@ def pack(
     preoptimize: Annotated[bool, typer.Option("--preoptimize/--no-preoptimize", help="Apply ONNX Runtime's portable graph optimizations now, so devices load faster.")] = True,
     tokenizer: Annotated[Optional[Path], typer.Option("--tokenizer", help="A Hugging Face directory or tokenizer.json: the device then takes text (default for an optimize folder of a Hugging Face model: its own).")] = None,
     max_length: Annotated[Optional[int], typer.Option("--max-length", help="Tokens per text on the device (default: the evaluation's, else 128).")] = None,
+    split: Annotated[Optional[Path], typer.Option("--split", help="A folder from `edgeship split --out`: a hybrid bundle (the model, its head and the plan), and the tail's bundle beside it (<out>-tail.edgeship) for the upstream.")] = None,
 ) -> None:
     """Pack a model into one signed (optionally encrypted) bundle with a manifest."""
     from edgeship.bundle.llm import is_genai_folder, pack_llm
@@ -62,7 +63,13 @@ def pack(
         path = guard(lambda: pack_llm(model, name, version, sign_key, out, encrypt_key, target))
     else:
         path = guard(lambda: pack_bundle(model, name, version, sign_key, out, encrypt_key, target,
-                                         _read_labels(labels), preoptimize, tokenizer, max_length))
+                                         _read_labels(labels), preoptimize, tokenizer, max_length, split))
+    if split is not None:
+        from edgeship.bundle.pack import tail_bundle_path
+
+        tail = tail_bundle_path(path)
+        console.print(f"packed {name}-tail v{version} -> {tail} ({tail.stat().st_size:,} bytes): serve it upstream",
+                      highlight=False)
     console.print(f"packed {name} v{version} -> {path} ({path.stat().st_size:,} bytes)", highlight=False)
 
 

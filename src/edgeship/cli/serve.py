@@ -33,6 +33,12 @@ def serve(
     context: Annotated[int, typer.Option("--context", min=16, help="LLM bundles: tokens of KV cache per request slot (prompt + answer).")] = 2048,
     parallel: Annotated[int, typer.Option("--parallel", min=1, help="LLM bundles: requests generating at once (slots); more wait in the queue.")] = 2,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="LLM bundles: the cap on a request's max_tokens.")] = 512,
+    token_file: Annotated[Optional[Path], typer.Option("--token-file", help="A file holding a bearer token that model and repository requests must carry.")] = None,
+    upstream: Annotated[Optional[str], typer.Option("--upstream", help="Hybrid bundles: the OIP server (http(s)://HOST:PORT) that runs the tail; the device falls back to the whole model when it fails.")] = None,
+    upstream_token_file: Annotated[Optional[Path], typer.Option("--upstream-token-file", help="A file holding the upstream's bearer token.")] = None,
+    upstream_timeout: Annotated[float, typer.Option("--upstream-timeout", help="Seconds to wait for the upstream before answering locally.")] = 2.0,
+    breaker_failures: Annotated[int, typer.Option("--breaker-failures", min=1, help="Upstream failures in a row before the device stops calling it.")] = 3,
+    breaker_cooldown: Annotated[float, typer.Option("--breaker-cooldown", help="Seconds before one trial call to an upstream that failed.")] = 30.0,
 ) -> None:
     """Serve bundles over the Open Inference Protocol (KServe v2 REST), with batching and metrics.
 
@@ -45,6 +51,9 @@ def serve(
             text = ", takes text" if h.text_input else ""
             console.print(f"verified {h.name} v{h.version} ({kind}, self-test passed, "
                           f"{'batch axis' if h.batched else 'no batch axis'}{text})", highlight=False)
+            if h.hybrid is not None:
+                console.print(f"hybrid: the head runs here, {h.hybrid.plan['tail_model']} at {h.hybrid.upstream.url}; "
+                              "the whole model here when it fails", highlight=False)
         console.print(f"serving on http://{address}:{bound}  (Open Inference Protocol v2; metrics at /metrics)",
                       highlight=False)
         sys.stdout.flush()
@@ -65,7 +74,10 @@ def serve(
         settings = ServeSettings(host=host, port=port, threads=threads, max_batch_size=max_batch_size,
                                  max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue,
                                  max_request_bytes=int(max_request_mb * (1 << 20)), cache_size=cache_size,
-                                 idle_unload_s=idle_unload, reload_poll_s=reload_poll)
+                                 idle_unload_s=idle_unload, reload_poll_s=reload_poll,
+                                 token=_read_token(token_file), upstream=upstream,
+                                 upstream_token=_read_token(upstream_token_file), upstream_timeout_s=upstream_timeout,
+                                 breaker_failures=breaker_failures, breaker_cooldown_s=breaker_cooldown)
         trusted = Trust(load_public_keys(list(trust)), key, state_dir, allow_downgrade)
         llm = [b for b in bundles if b.is_file() and bundle_format(b) == LLM_FORMAT]
         if not llm:
@@ -82,6 +94,24 @@ def serve(
         serve_llm(llm[0], trusted, settings, chat_settings, on_listening=llm_listening)
 
     guard(work)
+
+
+MAX_TOKEN_BYTES = 4096
+
+
+def _read_token(path: Path | None) -> str | None:
+    """A bearer token from a file (one line, at most 4 KiB, printable)."""
+    if path is None:
+        return None
+    try:
+        if path.stat().st_size > MAX_TOKEN_BYTES:
+            raise ConfigError(f"token file {str(path)!r} is over {MAX_TOKEN_BYTES} bytes; it should hold one token.")
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read token file {str(path)!r}: {exc}.") from None
+    if not token or not token.isprintable() or " " in token:
+        raise ConfigError(f"token file {str(path)!r} must hold one token: printable, no spaces.")
+    return token
 
 
 def chat(

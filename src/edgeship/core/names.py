@@ -22,11 +22,12 @@ class Bundle:
     ENCRYPTED_SUFFIX = ".enc"
     SELFTEST = "selftest.npz"
     TOKENIZER = "tokenizer.json"  # text models only: the tokenizer the device runs (tokenizers library)
+    HEAD = "head.onnx"  # hybrid bundles only: the part of the model the device runs before the cut
 
     #: every member a bundle may hold besides its model; anything else is refused before it is read
-    FIXED = frozenset({MANIFEST, SIGNATURE, SELFTEST, TOKENIZER})
+    FIXED = frozenset({MANIFEST, SIGNATURE, SELFTEST, TOKENIZER, HEAD, HEAD + ENCRYPTED_SUFFIX})
     #: members that may be present or not
-    OPTIONAL = frozenset({TOKENIZER})
+    OPTIONAL = frozenset({TOKENIZER, HEAD, HEAD + ENCRYPTED_SUFFIX})
 
     @staticmethod
     def model_member(encrypted: bool, member: str = MODEL) -> str:

@@ -8,7 +8,7 @@ crosses), position N is device-only (nothing crosses). The cost of a cut is:
 - the device's head latency, estimated per node from its profile
   (:func:`edgeship.targets.estimate.node_latencies_s`);
 - the transfer: one round trip, the crossing tensors' bytes in the wire encoding
-  (:mod:`edgeship.hybrid.wire`) up, and the outputs (float32) down, over the link's bandwidth;
+  (:mod:`edgeship.core.wire`) up, and the outputs (float32) down, over the link's bandwidth;
 - the server's tail latency, estimated the same way on the server's profile (``host``: this
   machine, measured).
 
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from edgeship.core.errors import ConfigError
-from edgeship.hybrid.wire import WIRE_BYTES, check_wire
+from edgeship.core.wire import WIRE_BYTES, check_wire
 
 __all__ = ["Link", "Cut", "SplitPlan", "cuts", "plan_split", "extract", "plot_split"]
 

@@ -283,7 +283,8 @@ def _json_data(array: np.ndarray) -> list[Any]:
 
 
 def encode_infer_response(model_name: str, model_version: int, outputs: dict[str, np.ndarray],
-                          request: InferRequest, labels: list[str] | None = None) -> tuple[bytes, dict[str, str]]:
+                          request: InferRequest, labels: list[str] | None = None,
+                          parameters: dict[str, Any] | None = None) -> tuple[bytes, dict[str, str]]:
     """(body, extra headers) for an inference response, JSON or JSON + binary tensors. Outputs asked
     for with ``classification`` are answered as ``"score:index:label"`` strings (BYTES), best first."""
     from edgeship.runtime.text import classify
@@ -307,6 +308,8 @@ def encode_infer_response(model_name: str, model_version: int, outputs: dict[str
             entry["data"] = _json_data(array)
         entries.append(entry)
     response: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version), "outputs": entries}
+    if parameters:
+        response["parameters"] = parameters
     if request.id is not None:
         response["id"] = request.id
     header = json.dumps(response, separators=(",", ":")).encode()

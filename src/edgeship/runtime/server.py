@@ -77,6 +77,12 @@ class ServeSettings:
     idle_unload_s: float | None = None  # unload a model idle this long; reload on the next request
     graceful_timeout_s: float = 30.0  # on shutdown, how long in-flight requests may take
     reload_poll_s: float = 0.5  # how often a served state directory is checked for a new bundle
+    token: str | None = None  # when set, /v2/models and /v2/repository need "Authorization: Bearer <token>"
+    upstream: str | None = None  # hybrid bundles: the OIP server that runs the tail
+    upstream_token: str | None = None
+    upstream_timeout_s: float = 2.0
+    breaker_failures: int = 3  # upstream failures in a row before the device stops calling it
+    breaker_cooldown_s: float = 30.0  # then one trial call after this long
 
     def check(self) -> None:
         for name in ("threads", "max_batch_size", "max_queue", "max_request_bytes"):
@@ -90,6 +96,12 @@ class ServeSettings:
             raise ConfigError(f"port must be 0-65535, got {self.port}.")
         if not self.reload_poll_s > 0:
             raise ConfigError(f"reload-poll must be > 0 seconds, got {self.reload_poll_s}.")
+        if not self.upstream_timeout_s > 0 or self.breaker_failures < 1 or self.breaker_cooldown_s < 0:
+            raise ConfigError("upstream-timeout must be > 0 s, breaker-failures >= 1 and breaker-cooldown >= 0 s.")
+
+
+#: the outputs' key that carries where a hybrid bundle's rows ran (never sent as an output)
+EXECUTED_ON = "\x00executed_on"
 
 
 def has_batch_axis(manifest: dict[str, Any]) -> bool:
@@ -125,6 +137,9 @@ class _Metrics:
         self.reload_failures = Counter("edgeship_model_reload_failures",
                                        "New bundles in a state directory that were refused (the old one kept serving).",
                                        ["model"], registry=self.registry)
+        self.hybrid = Counter("edgeship_hybrid_requests", "Hybrid bundles' batches, by where they ran "
+                              "(split, upstream, device) and why they fell back to the device.",
+                              labels + ["executed_on", "reason"], registry=self.registry)
 
 
 class _LRU:
@@ -213,6 +228,7 @@ class ModelHost:
         self.text_input = ({"name": TEXT_INPUT, "dtype": "object", "shape": ["batch"]}
                            if self.manifest.get("text") else None)
         self.batched = has_batch_axis(self.manifest)
+        self.hybrid = self._hybrid_runner(runtime)
         self.labels = {"model": self.name, "version": str(self.version)}
         if old is not None and old != self.labels:
             self.metrics.loaded.labels(**old).set(0)
@@ -221,6 +237,16 @@ class ModelHost:
         self.metrics.queue.labels(**self.labels).set_function(lambda: self.batcher.depth if self.batcher else 0)
         if getattr(self, "cache", None) is not None:
             self.cache = _LRU(self.settings.cache_size)  # results of the old model are not this one's
+
+    def _hybrid_runner(self, runtime: Runtime) -> Any:
+        """A hybrid bundle served with --upstream: its runner (head, upstream, breaker); else None."""
+        if runtime.hybrid is None or not self.settings.upstream:
+            return None
+        from edgeship.runtime.hybrid import CircuitBreaker, HybridRunner, Upstream
+
+        s = self.settings
+        upstream = Upstream(s.upstream, str(runtime.hybrid["tail_model"]), s.upstream_token, s.upstream_timeout_s)
+        return HybridRunner(runtime, upstream, CircuitBreaker(s.breaker_failures, s.breaker_cooldown_s))
 
     def start(self) -> None:
         """Start the batcher (needs the running event loop)."""
@@ -300,7 +326,16 @@ class ModelHost:
 
     async def _run_batch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         runtime = await self._ensure_loaded()
-        return await asyncio.get_running_loop().run_in_executor(self._executor, runtime.predict, feeds)
+        loop, hybrid = asyncio.get_running_loop(), self.hybrid
+        if hybrid is None:
+            return await loop.run_in_executor(self._executor, runtime.predict, feeds)
+        answer = await loop.run_in_executor(self._executor, hybrid.predict, feeds)
+        self.metrics.hybrid.labels(**self.labels, executed_on=answer.executed_on, reason=answer.fallback_reason).inc()
+        if answer.fallback_reason:
+            log.warning("%s: ran on the device: %s", self.name, answer.fallback_reason)
+        rows = len(next(iter(feeds.values())))
+        # where each row ran travels with the outputs (the batcher splits rows between requests)
+        return {**answer.outputs, EXECUTED_ON: np.array([answer.executed_on] * rows, dtype=object)}
 
     async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
         self.last_used = time.monotonic()
@@ -403,6 +438,30 @@ class _BodyLimit:
         except self._TooLarge as exc:
             if not started:
                 await self._refuse(send, 413, str(exc))
+
+
+class _TokenAuth:
+    """ASGI middleware: with a token set, model and repository routes need "Authorization: Bearer <token>"
+    (401 otherwise); health and metrics stay open for probes."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app, self.expected = app, f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        import hmac
+
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith(("/v2/models", "/v2/repository")):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                body = json.dumps({"error": "missing or wrong bearer token (Authorization: Bearer ...)."}).encode()
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode()),
+                                        (b"www-authenticate", b"Bearer")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
 
 
 def _openapi_infer_body() -> dict[str, Any]:
@@ -559,9 +618,11 @@ def _infer_routes(served: _Served) -> APIRouter:
             body = await request.body()
             parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), host.manifest["inputs"],
                                          host.output_names, host.text_input)
-            outputs = await host.infer(parsed)
+            outputs = dict(await host.infer(parsed))
+            where = outputs.pop(EXECUTED_ON, None)
+            parameters = {"executed_on": str(where[0])} if where is not None and len(where) else None
             payload, headers = encode_infer_response(host.name, host.version, outputs, parsed,
-                                                     host.manifest.get("labels"))
+                                                     host.manifest.get("labels"), parameters)
             status = 200
             return Response(payload, headers=headers)
         except ProtocolError as exc:
@@ -632,6 +693,8 @@ def create_app(bundles: list[Path], trust: Trust, settings: ServeSettings | None
     for routes in (_health_routes, _model_routes, _infer_routes, _repository_routes):
         app.include_router(routes(served))
     app.add_middleware(_BodyLimit, limit=settings.max_request_bytes)
+    if settings.token:
+        app.add_middleware(_TokenAuth, token=settings.token)
     return app
 
 

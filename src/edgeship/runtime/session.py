@@ -67,6 +67,7 @@ class Runtime:
         self.bundle = bundle
         self.manifest = bundle.manifest
         self._session = session
+        self._head = None  # hybrid bundles: the session of the model up to the cut
         self.text = None
         if self.manifest.get("text"):
             from edgeship.runtime.text import TextEncoder
@@ -117,11 +118,22 @@ class Runtime:
                 f"({str(exc).splitlines()[0][:200]}); it was packed with {engine.label} {made_by}: install that "
                 "version or newer" + (", or repack with --no-preoptimize." if engine.name == "onnxruntime" else ".")
             ) from None
-        return cls._finish(bundle, session, state_dir, record)
+        head = None
+        if bundle.head_bytes:
+            from edgeship.core.session import open_session
+
+            try:
+                head = open_session(bundle.head_bytes, threads)
+            except Exception as exc:
+                raise BundleError(f"{bundle.name} v{bundle.version} is authentic but its head does not load: "
+                                  f"{str(exc).splitlines()[0][:200]}") from None
+        return cls._finish(bundle, session, state_dir, record, head)
 
     @classmethod
-    def _finish(cls, bundle: Any, session: Any, state_dir: Path | str | None, record: bool) -> "Runtime":
-        runtime = cls(dataclasses.replace(bundle, model_bytes=b""), session)
+    def _finish(cls, bundle: Any, session: Any, state_dir: Path | str | None, record: bool,
+                head: Any = None) -> "Runtime":
+        runtime = cls(dataclasses.replace(bundle, model_bytes=b"", head_bytes=None), session)
+        runtime._head = head
         runtime.self_test()
         if state_dir is not None and record:  # accepted only after the self-test passed
             record_accepted(state_dir, bundle.name, bundle.version)
@@ -158,6 +170,23 @@ class Runtime:
             inputs = self.encode_text(list(np.asarray(inputs[TEXT_INPUT], dtype=object).reshape(-1)))
         outputs = self._session.run(None, _check_feeds(self.manifest["inputs"], inputs))
         return {spec["name"]: out for spec, out in zip(self.manifest["outputs"], outputs)}
+
+    @property
+    def hybrid(self) -> dict[str, Any] | None:
+        """A hybrid bundle's plan (cut tensors, wire encoding, the upstream's tail model), else None."""
+        plan = self.manifest.get("hybrid")
+        return plan if isinstance(plan, dict) else None
+
+    def run_head(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        """A hybrid bundle: the tensors at the cut (the inputs themselves when the cut is before
+        the first layer), to send upstream."""
+        feeds = _check_feeds(self.manifest["inputs"], inputs)
+        if self.hybrid is None:
+            raise RuntimeInputError(f"{self.manifest['name']} is not a hybrid bundle (pack --split).")
+        if self._head is None:
+            return feeds
+        outputs = self._head.run(None, feeds)
+        return {o.name: out for o, out in zip(self._head.get_outputs(), outputs)}
 
     def classify(self, texts: Sequence[str], top: int = 1, output: str | None = None) -> list[list[tuple[str, float]]]:
         """For each text, the ``top`` (label, score) pairs of the classifier's scores, best first."""

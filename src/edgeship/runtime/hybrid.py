@@ -1,0 +1,220 @@
+"""A hybrid bundle on the device: run the head, send the cut tensor upstream, answer with the tail's
+result, and fall back to the whole model on the device when the upstream fails.
+
+- :class:`Upstream` calls any Open Inference Protocol v2 server (``edgeship serve`` of the tail
+  bundle, Triton, ...) with the binary data extension, over a kept-alive connection per thread,
+  with a bearer token and a timeout. Everything that is not a well-formed answer of the right
+  names and shapes is an :class:`UpstreamError` that says what went wrong.
+- :class:`CircuitBreaker` stops calling an upstream after ``failures`` failures in a row and
+  tries again after ``cooldown_s`` (one request at a time: half-open); its clock is injected.
+- :class:`HybridRunner` puts them together: every request is answered, and says where it ran
+  (``split``, ``upstream``: the whole model upstream, or ``device``) and why it fell back.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from edgeship.core.errors import ConfigError
+from edgeship.core.wire import wire_inputs
+
+__all__ = ["Upstream", "UpstreamError", "CircuitBreaker", "HybridRunner", "MAX_RESPONSE_BYTES"]
+
+MAX_RESPONSE_BYTES = 256 << 20  # an upstream's answer larger than this is refused unread
+_DATATYPES = {"float32": "FP32", "float16": "FP16", "int8": "INT8", "int32": "INT32", "int64": "INT64",
+              "uint8": "UINT8", "float64": "FP64", "bool": "BOOL"}
+_NUMPY = {v: k for k, v in _DATATYPES.items()}
+
+
+class UpstreamError(Exception):
+    """The upstream did not give a usable answer; ``reason`` is a short label for metrics."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Upstream:
+    """One upstream model on an OIP v2 server."""
+
+    def __init__(self, url: str, model: str, token: str | None = None, timeout_s: float = 2.0) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ConfigError(f"--upstream {url!r} must be an http(s)://HOST[:PORT] address.")
+        if not timeout_s > 0:
+            raise ConfigError(f"the upstream timeout must be > 0 seconds, got {timeout_s}.")
+        self.url, self.model, self.timeout_s = url.rstrip("/"), model, timeout_s
+        self._scheme, self._host, self._port = parsed.scheme, parsed.hostname, parsed.port
+        self._prefix = parsed.path.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._local = threading.local()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+            conn = cls(self._host, self._port, timeout=self.timeout_s)
+            self._local.conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+        self._local.conn = None
+
+    def infer(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        """The model's ``outputs`` for ``inputs``, both ways as binary tensors."""
+        entries, blobs = [], []
+        for name, array in inputs.items():
+            array = np.ascontiguousarray(array)
+            blob = array.tobytes()
+            entries.append({"name": name, "shape": list(array.shape), "datatype": _DATATYPES[array.dtype.name],
+                            "parameters": {"binary_data_size": len(blob)}})
+            blobs.append(blob)
+        header = json.dumps({"inputs": entries, "outputs": [{"name": n, "parameters": {"binary_data": True}}
+                                                             for n in outputs]}).encode()
+        headers = {**self._headers, "Content-Type": "application/octet-stream",
+                   "Inference-Header-Content-Length": str(len(header))}
+        path = f"{self._prefix}/v2/models/{urllib.parse.quote(self.model, safe='')}/infer"
+        try:
+            conn = self._connection()
+            conn.request("POST", path, body=header + b"".join(blobs), headers=headers)
+            response = conn.getresponse()
+            length = int(response.getheader("Content-Length") or -1)
+            if length > MAX_RESPONSE_BYTES:
+                raise UpstreamError("too_large", f"the upstream answered {length} bytes, over {MAX_RESPONSE_BYTES}")
+            body = response.read(MAX_RESPONSE_BYTES + 1)
+        except TimeoutError:
+            self._drop()
+            raise UpstreamError("timeout", f"no answer from {self.url} within {self.timeout_s:g} s") from None
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop()
+            raise UpstreamError("unreachable", f"{self.url}: {type(exc).__name__}: {exc}") from None
+        if response.status in (401, 403):
+            raise UpstreamError("auth", f"{self.url} refused the token ({response.status})")
+        if response.status != 200:
+            detail = body[:200].decode("utf-8", "replace")
+            raise UpstreamError(f"http_{response.status}", f"{self.url} answered {response.status}: {detail}")
+        return _parse_response(body, response.getheader("Inference-Header-Content-Length"), outputs)
+
+
+def _parse_response(body: bytes, header_length: str | None, wanted: list[str]) -> dict[str, np.ndarray]:
+    try:
+        split = int(header_length) if header_length is not None else len(body)
+        header = json.loads(body[:split])
+        result, offset = {}, split
+        for entry in header["outputs"]:
+            dtype = np.dtype(_NUMPY[entry["datatype"]])
+            shape = [int(d) for d in entry["shape"]]
+            count = int(np.prod(shape, dtype=np.int64))
+            if "parameters" in entry and "binary_data_size" in entry["parameters"]:
+                size = int(entry["parameters"]["binary_data_size"])
+                if size != count * dtype.itemsize or offset + size > len(body):
+                    raise ValueError(f"output {entry['name']!r} has {size} bytes for shape {shape}")
+                array = np.frombuffer(body, dtype, count, offset).reshape(shape)
+                offset += size
+            else:
+                array = np.asarray(entry["data"], dtype=dtype).reshape(shape)
+            result[str(entry["name"])] = array
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UpstreamError("bad_answer", f"the upstream's answer is not an OIP response: {exc}") from None
+    missing = [n for n in wanted if n not in result]
+    if missing:
+        raise UpstreamError("bad_answer", f"the upstream's answer lacks outputs {missing}")
+    return {n: result[n] for n in wanted}
+
+
+class CircuitBreaker:
+    """Closed: calls go through. After ``failures`` failures in a row: open, no calls for
+    ``cooldown_s``. Then half-open: one call goes through; its success closes, its failure reopens."""
+
+    def __init__(self, failures: int = 3, cooldown_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if failures < 1 or cooldown_s < 0:
+            raise ConfigError(f"the circuit breaker needs failures >= 1 and cooldown >= 0, got {failures}, {cooldown_s}.")
+        self.failures, self.cooldown_s, self._clock = failures, cooldown_s, clock
+        self._streak, self._opened_at, self._trial = 0, None, False
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            if self._opened_at is None:
+                return "closed"
+            return "half-open" if self._clock() - self._opened_at >= self.cooldown_s else "open"
+
+    def allow(self) -> bool:
+        with self._lock:
+            if self._opened_at is None:
+                return True
+            if self._clock() - self._opened_at >= self.cooldown_s and not self._trial:
+                self._trial = True  # one trial call at a time
+                return True
+            return False
+
+    def success(self) -> None:
+        with self._lock:
+            self._streak, self._opened_at, self._trial = 0, None, False
+
+    def failure(self) -> None:
+        with self._lock:
+            self._streak += 1
+            self._trial = False
+            if self._opened_at is not None or self._streak >= self.failures:
+                self._opened_at = self._clock()
+
+
+@dataclass(frozen=True)
+class Answer:
+    outputs: dict[str, np.ndarray]
+    executed_on: str  # "split", "upstream" or "device"
+    fallback_reason: str  # why it ran on the device ("" if it did not fall back)
+
+
+class HybridRunner:
+    """A hybrid bundle's runtime (``Runtime`` with a head) and its upstream."""
+
+    def __init__(self, runtime: Any, upstream: Upstream, breaker: CircuitBreaker | None = None) -> None:
+        plan = runtime.hybrid
+        if plan is None:
+            raise ConfigError(f"{runtime.manifest['name']} is not a hybrid bundle: pack it with --split, or serve "
+                              "it without --upstream.")
+        self.runtime, self.upstream, self.plan = runtime, upstream, plan
+        self.breaker = breaker or CircuitBreaker()
+        self.outputs = [s["name"] for s in runtime.manifest["outputs"]]
+        self.last_error = ""  # the last upstream failure, in full
+
+    def predict(self, inputs: dict[str, Any]) -> Answer:
+        """Split when the upstream answers, else the whole model here; every request gets an answer."""
+        if not self.breaker.allow():
+            return Answer(self.runtime.predict(inputs), "device", "circuit_open")
+        cut = self.runtime.run_head(inputs)  # the device's own error (a bad input) is the caller's
+        rows = len(next(iter(inputs.values())))
+        try:
+            answer = self.upstream.infer(wire_inputs(cut, self.plan["wire"]), self.outputs)
+            _check_shapes(answer, self.runtime.manifest["outputs"], rows)
+        except UpstreamError as exc:
+            self.breaker.failure()
+            self.last_error = str(exc)
+            return Answer(self.runtime.predict(inputs), "device", exc.reason)
+        self.breaker.success()
+        return Answer(answer, "split" if self.plan["position"] > 0 else "upstream", "")
+
+
+def _check_shapes(answer: dict[str, np.ndarray], specs: list[dict[str, Any]], rows: int) -> None:
+    for spec in specs:
+        array = answer[spec["name"]]
+        want = [rows if i == 0 and not isinstance(d, int) else d for i, d in enumerate(spec["shape"])]
+        if list(array.shape) != [d if isinstance(d, int) else array.shape[i] for i, d in enumerate(want)]:
+            raise UpstreamError("bad_answer", f"the upstream's {spec['name']!r} has shape {list(array.shape)}, "
+                                f"the model's is {want}")
+        if array.dtype != np.dtype(spec["dtype"]):
+            raise UpstreamError("bad_answer", f"the upstream's {spec['name']!r} is {array.dtype}, not {spec['dtype']}")
