@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeship.core.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
-__all__ = ["graph_stats", "op_histogram", "opsets", "weight_sparsity", "infer_shapes_and_types", "node_macs"]
+__all__ = ["graph_stats", "op_histogram", "opsets", "weight_sparsity", "infer_shapes_and_types", "node_macs",
+           "SizedGraph", "sized_graph"]
 
 # Positional inputs that carry quantization parameters rather than weights.
 _QPARAM_INPUTS = {
@@ -63,6 +67,27 @@ def unset_dims(proto: Any, shapes: dict[str, tuple[int, ...]] | None) -> list[st
             if axis and not (dim.HasField("dim_value") and dim.dim_value > 0) and (given is None or axis >= len(given)):
                 unset.append(f"{inp.name}[{axis}]")
     return unset
+
+
+@dataclass(frozen=True)
+class SizedGraph:
+    """A model with every input dim concrete, and the shape and type of every value in it."""
+
+    proto: Any
+    shapes: dict[str, tuple[int, ...]]
+    types: dict[str, int]
+
+
+def sized_graph(proto: Any, shapes: dict[str, tuple[int, ...]] | None, purpose: str) -> SizedGraph:
+    """``proto`` at ``shapes``, shapes inferred once; a dynamic dim left unsized is refused with the
+    way to size it (``purpose`` says what the sizes are for, e.g. "an estimate")."""
+    unset = unset_dims(proto, shapes)
+    if unset:
+        raise ConfigError(f"the model's dynamic dim(s) {', '.join(unset)} need a size for {purpose}: give "
+                          "--shape NAME=D1xD2x... (e.g. input_ids=1x64).")
+    fixed = _fix_input_dims(proto, shapes)
+    value_shapes, types = infer_shapes_and_types(fixed)
+    return SizedGraph(fixed, value_shapes, types)
 
 
 def _fix_input_dims(proto: Any, shapes: dict[str, tuple[int, ...]] | None) -> Any:

@@ -67,22 +67,13 @@ class Cut:
     after: str  # the last node on the device ("" for cloud-only)
 
 
-def _nodes_and_shapes(proto: Any, shapes: dict[str, tuple[int, ...]] | None) -> tuple[Any, dict[str, Any]]:
-    from edgeship.evaluate.graph import _fix_input_dims, infer_shapes_and_types, unset_dims
-
-    unset = unset_dims(proto, shapes)
-    if unset:
-        raise ConfigError(f"the model's dynamic dim(s) {', '.join(unset)} need a size to split: give "
-                          "--shape NAME=D1xD2x... (e.g. image=1x1x8x8).")
-    fixed = _fix_input_dims(proto, shapes)
-    value_shapes, _ = infer_shapes_and_types(fixed)
-    return fixed, value_shapes
-
-
 def cuts(proto: Any, shapes: dict[str, tuple[int, ...]] | None = None) -> list[Cut]:
-    """Every position in topological order, with the tensors that cross there."""
-    fixed, value_shapes = _nodes_and_shapes(proto, shapes)
-    graph = fixed.graph
+    """Every position in topological order, with the tensors that cross there (``proto``: a model,
+    or a :class:`~edgeship.evaluate.graph.SizedGraph` already sized)."""
+    from edgeship.evaluate.graph import SizedGraph, sized_graph
+
+    sized = proto if isinstance(proto, SizedGraph) else sized_graph(proto, shapes, "a split")
+    graph, value_shapes = sized.proto.graph, sized.shapes
     inits = {i.name for i in graph.initializer}
     constant = set(inits)
     for node in graph.node:  # outputs of nodes fed only by constants: rebuilt on either side
@@ -142,6 +133,7 @@ def plan_split(model: Path | str, device: Any, server: Any = "host", link: Link 
     """The estimated cost of every cut, and the one to use."""
     import onnx
 
+    from edgeship.evaluate.graph import sized_graph
     from edgeship.targets import load_profile
     from edgeship.targets.estimate import graph_cost, node_latencies_s
 
@@ -150,16 +142,16 @@ def plan_split(model: Path | str, device: Any, server: Any = "host", link: Link 
         raise ConfigError(f"objective {objective!r}: choose latency or energy.")
     link = link if isinstance(link, Link) else Link.parse(link)
     device, server = load_profile(device), load_profile(server)
-    proto = onnx.load(str(model))
-    cost = graph_cost(model, shapes)
+    sized = sized_graph(onnx.load(str(model)), shapes, "a split")
+    cost = graph_cost(sized)
     on_device = dict(node_latencies_s(cost, device, threads=threads))
     on_server = dict(node_latencies_s(cost, server, threads=threads))
-    _, value_shapes = _nodes_and_shapes(proto, shapes)
-    down = sum(int(np.prod(value_shapes.get(o.name) or (0,), dtype=np.int64)) * 4 for o in proto.graph.output)
-    n = len(proto.graph.node)
+    graph = sized.proto.graph
+    down = sum(int(np.prod(sized.shapes.get(o.name) or (0,), dtype=np.int64)) * 4 for o in graph.output)
+    n = len(graph.node)
     power = device.max_state.power_w
     curve = []
-    for cut in cuts(proto, shapes):
+    for cut in cuts(sized):
         head = sum(t for k, t in on_device.items() if k < cut.position)
         tail = sum(t for k, t in on_server.items() if k >= cut.position)
         up = cut.values * WIRE_BYTES[wire]

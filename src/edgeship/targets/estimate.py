@@ -80,23 +80,18 @@ def _nbytes(shape: tuple[int, ...] | None, elem_type: int | None) -> int:
     return int(np.prod(shape, dtype=np.int64)) * _ELEM_SIZE.get(elem_type or 1, 4)
 
 
-def graph_cost(path: Path | str, shapes: dict[str, tuple[int, ...]] | None = None) -> GraphCost:
-    """Per-node compute and traffic, weights, packed copies and the activation peak, at ``shapes``."""
+def graph_cost(model: Path | str | Any, shapes: dict[str, tuple[int, ...]] | None = None) -> GraphCost:
+    """Per-node compute and traffic, weights, packed copies and the activation peak, at ``shapes``
+    (``model``: a path, or a :class:`~edgeship.evaluate.graph.SizedGraph` already sized)."""
     import onnx
 
-    from edgeship.evaluate.graph import _fix_input_dims, infer_shapes_and_types, unset_dims
+    from edgeship.evaluate.graph import SizedGraph, sized_graph
 
-    proto = onnx.load(str(path))
-    unset = unset_dims(proto, shapes)
-    if unset:
-        raise ConfigError(f"the model's dynamic dim(s) {', '.join(unset)} need a size for an estimate: give "
-                          "--shape NAME=D1xD2x... (e.g. input_ids=1x64) or evaluation data.")
-    fixed = _fix_input_dims(proto, shapes)
-    value_shapes, types = infer_shapes_and_types(fixed)
-    graph = fixed.graph
+    sized = model if isinstance(model, SizedGraph) else sized_graph(onnx.load(str(model)), shapes, "an estimate")
+    graph = sized.proto.graph
     weight_bytes = sum(_nbytes(tuple(i.dims), i.data_type) for i in graph.initializer)
-    nodes, prepacked = _node_costs(graph, value_shapes, types)
-    activation_peak, io_bytes = _activation_plan(graph, value_shapes, types)
+    nodes, prepacked = _node_costs(graph, sized.shapes, sized.types)
+    activation_peak, io_bytes = _activation_plan(graph, sized.shapes, sized.types)
     return GraphCost(tuple(nodes), weight_bytes, prepacked, activation_peak, io_bytes)
 
 
