@@ -25,13 +25,11 @@ import numpy as np
 
 from edgeship.core.errors import ConfigError
 from edgeship.core.wire import wire_inputs
+from edgeship.runtime.protocol import DATATYPES, oip_datatype
 
 __all__ = ["Upstream", "UpstreamError", "CircuitBreaker", "HybridRunner", "MAX_RESPONSE_BYTES"]
 
 MAX_RESPONSE_BYTES = 256 << 20  # an upstream's answer larger than this is refused unread
-_DATATYPES = {"float32": "FP32", "float16": "FP16", "int8": "INT8", "int32": "INT32", "int64": "INT64",
-              "uint8": "UINT8", "float64": "FP64", "bool": "BOOL"}
-_NUMPY = {v: k for k, v in _DATATYPES.items()}
 
 
 class UpstreamError(Exception):
@@ -77,7 +75,7 @@ class Upstream:
         for name, array in inputs.items():
             array = np.ascontiguousarray(array)
             blob = array.tobytes()
-            entries.append({"name": name, "shape": list(array.shape), "datatype": _DATATYPES[array.dtype.name],
+            entries.append({"name": name, "shape": list(array.shape), "datatype": oip_datatype(array.dtype.name),
                             "parameters": {"binary_data_size": len(blob)}})
             blobs.append(blob)
         header = json.dumps({"inputs": entries, "outputs": [{"name": n, "parameters": {"binary_data": True}}
@@ -113,7 +111,9 @@ def _parse_response(body: bytes, header_length: str | None, wanted: list[str]) -
         header = json.loads(body[:split])
         result, offset = {}, split
         for entry in header["outputs"]:
-            dtype = np.dtype(_NUMPY[entry["datatype"]])
+            dtype = np.dtype(DATATYPES[entry["datatype"]])
+            if dtype == object:
+                raise ValueError(f"output {entry['name']!r} is BYTES, not a numeric tensor")
             shape = [int(d) for d in entry["shape"]]
             count = int(np.prod(shape, dtype=np.int64))
             if "parameters" in entry and "binary_data_size" in entry["parameters"]:
