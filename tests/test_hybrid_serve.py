@@ -16,7 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeship.bundle import generate_keys
 from edgeship.bundle.pack import pack, tail_bundle_path
 from edgeship.hybrid.split import extract, plan_split
-from edgeship.runtime.hybrid import CircuitBreaker
+from edgeship.hybrid.emulator import LinkEmulator
+from edgeship.runtime.hybrid import CircuitBreaker, HybridRunner, RoutePolicy, Upstream
 from test_hybrid import _early_reduce_model
 from test_server import _metric, _request, running_server
 
@@ -171,3 +172,99 @@ def test_the_breaker_opens_waits_and_tries_once():
     assert breaker.allow()
     breaker.success()
     assert breaker.state == "closed" and breaker.allow()
+
+
+# -- where each request runs: the route policy, then the whole request offloaded for real ---------------
+
+
+def test_the_policy_starts_from_the_plan_and_follows_measurements():
+    now = [0.0]
+    policy = RoutePolicy({"device": 0.200, "split": 0.050, "upstream": 0.080}, alpha=0.5, probe_s=10,
+                         clock=lambda: now[0])
+    assert policy.choose() == "split"  # the plan's estimate
+    for _ in range(3):  # the link got slow: split measured at 0.5 s
+        policy.observe("split", 0.5)
+    assert policy.choose() == "upstream"
+    policy.observe("upstream", 0.6)
+    assert policy.choose() == "device"
+    assert policy.choose(allowed=lambda route: False) == "device"
+
+
+def test_a_deep_queue_sends_whole_requests_upstream():
+    """The device's part of each route waits behind the queue: all of device-only, the split's head."""
+    policy = RoutePolicy({"device": 0.010, "split": 0.012, "upstream": 0.025}, {"split": 0.004}, probe_s=1e9,
+                         clock=lambda: 0.0)
+    assert policy.choose(waiting=0) == "device"  # 10 ms
+    assert policy.choose(waiting=1) == "split"  # 20 ms vs 12 + 4
+    assert policy.choose(waiting=4) == "upstream"  # 50 ms vs 12 + 16 = 28 ms vs 25 ms
+    policy.observe("split", 0.012, 0.001)  # a faster head than thought
+    assert policy.device_s["split"] < 0.004 and policy.choose(waiting=4) == "split"
+
+
+def test_a_route_left_unmeasured_is_probed_once_then_judged():
+    now = [0.0]
+    policy = RoutePolicy({"device": 0.010, "split": 0.030, "upstream": 0.040}, probe_s=10, clock=lambda: now[0])
+    assert [policy.choose() for _ in range(3)] == ["device"] * 3
+    now[0] = 10.0
+    assert policy.choose() == "split"  # stale: probed
+    assert policy.choose() == "upstream"  # the other stale one
+    assert policy.choose() == "device"  # each probed once, until probe_s passes again
+    for _ in range(10):  # the probe found a fast link, and it stays fast
+        policy.observe("split", 0.001)
+    assert policy.choose() == "split"
+    policy.drop("split")
+    assert "split" not in policy.routes and policy.choose() == "device"
+
+
+def _runner(hybrid, url, offload=True, estimates=None):
+    from edgeship.runtime import Runtime
+
+    keys = hybrid["keys"]
+    runtime = Runtime.open(hybrid["device"], [keys["public"]], keys["content"], threads=1)
+    runner = HybridRunner(runtime, Upstream(url, runtime.hybrid["tail_model"], timeout_s=30), offload=offload)
+    if estimates is not None:
+        runner.policy = RoutePolicy(estimates, probe_s=1e9)
+    return runner
+
+
+def test_whole_requests_go_to_the_upstreams_copy_of_the_model(hybrid):
+    """The upstream serves the tail and the device's own bundle (as a plain model); a deep queue on
+    the device sends whole requests there, and the answer is the model's."""
+    keys = hybrid["keys"]
+    with running_server([hybrid["tail"], hybrid["device"]], keys) as (up, _):
+        runner = _runner(hybrid, f"http://127.0.0.1:{up}")
+        x = _x(3)
+        answer = runner.predict({"x": x}, waiting=1000)
+        assert answer.executed_on == "upstream" and answer.fallback_reason == ""
+        np.testing.assert_allclose(answer.outputs["y"], _full(hybrid["model"], x), rtol=1e-4, atol=1e-4)
+        assert runner.predict({"x": x}).executed_on == "split"
+
+
+def test_an_upstream_without_the_whole_model_turns_offload_off(hybrid):
+    keys = hybrid["keys"]
+    with running_server([hybrid["tail"]], keys) as (up, _):
+        runner = _runner(hybrid, f"http://127.0.0.1:{up}")
+        first = runner.predict({"x": _x()}, waiting=1000)
+        assert (first.executed_on, first.fallback_reason) == ("device", "http_404")
+        assert "upstream" not in runner.policy.routes and runner.breaker.state == "closed"
+        assert runner.predict({"x": _x()}).executed_on == "split"
+        no_offload = _runner(hybrid, f"http://127.0.0.1:{up}", offload=False)
+        assert no_offload.policy.routes == ["device", "split"]
+
+
+def test_a_slow_link_moves_requests_to_the_device_and_a_dead_one_falls_back(hybrid):
+    """Through the link emulator: 300 ms of round trip make the split slower than the device's
+    50 ms estimate once measured; a blackholed link is a timeout, answered on the device."""
+    keys = hybrid["keys"]
+    with running_server([hybrid["tail"]], keys) as (up, _):
+        with LinkEmulator(("127.0.0.1", up), "100mbit,300ms") as emu:
+            runner = _runner(hybrid, emu.url, offload=False, estimates={"device": 0.050, "split": 0.010})
+            where = [runner.predict({"x": _x(seed)}).executed_on for seed in range(3)]
+            assert where[0] == "split" and where[1:] == ["device", "device"]
+            assert runner.policy.expected_s["split"] >= 0.010 + 0.3 * (0.300 - 0.010)
+            emu.set(link="100mbit,0ms", outage="blackhole")
+            runner.upstream.timeout_s = 0.3
+            runner.upstream._drop()
+            runner.policy = RoutePolicy({"device": 0.050, "split": 0.010}, probe_s=1e9)
+            answer = runner.predict({"x": _x()})
+            assert (answer.executed_on, answer.fallback_reason) == ("device", "timeout")

@@ -334,6 +334,11 @@ def tail_bundle_path(out: Path | str) -> Path:
     return out.with_name(out.stem + "-tail" + out.suffix)
 
 
+def _total_ms(plan: dict[str, Any], row: str) -> float | None:
+    value = (plan.get(row) or {}).get("total_ms")
+    return float(value) if isinstance(value, (int, float)) and value >= 0 else None
+
+
 def _hybrid(folder: Path, name: str, loaded: Any) -> tuple[dict[str, Any], bool, bytes]:
     """(the manifest's hybrid plan, whether there is a head, its bytes) from an ``edgeship split`` folder."""
     plan_file = folder / "split.json"
@@ -358,5 +363,7 @@ def _hybrid(folder: Path, name: str, loaded: Any) -> tuple[dict[str, Any], bool,
                               "split this model again.")
     hybrid = {"position": position, "cut": cut, "wire": wire, "tail_model": f"{name}-tail",
               "device": plan.get("device"), "link": plan.get("link"),
-              "estimate_ms": {k: chosen.get(k) for k in ("head_ms", "transfer_ms", "tail_ms", "total_ms")}}
+              "estimate_ms": {k: chosen.get(k) for k in ("head_ms", "transfer_ms", "tail_ms", "total_ms")},
+              # where the device starts before it has measured anything (runtime.hybrid.RoutePolicy)
+              "estimates_ms": {"device": _total_ms(plan, "device_only"), "upstream": _total_ms(plan, "cloud_only")}}
     return hybrid, position > 0, head_bytes

@@ -39,6 +39,7 @@ def serve(
     upstream_timeout: Annotated[float, typer.Option("--upstream-timeout", help="Seconds to wait for the upstream before answering locally.")] = 2.0,
     breaker_failures: Annotated[int, typer.Option("--breaker-failures", min=1, help="Upstream failures in a row before the device stops calling it.")] = 3,
     breaker_cooldown: Annotated[float, typer.Option("--breaker-cooldown", help="Seconds before one trial call to an upstream that failed.")] = 30.0,
+    offload: Annotated[bool, typer.Option("--offload/--no-offload", help="Hybrid bundles: send whole requests to the upstream's copy of this bundle (served there under its own name) when the link or the queue makes that faster.")] = True,
 ) -> None:
     """Serve bundles over the Open Inference Protocol (KServe v2 REST), with batching and metrics.
 
@@ -77,7 +78,8 @@ def serve(
                                  idle_unload_s=idle_unload, reload_poll_s=reload_poll,
                                  token=_read_token(token_file), upstream=upstream,
                                  upstream_token=_read_token(upstream_token_file), upstream_timeout_s=upstream_timeout,
-                                 breaker_failures=breaker_failures, breaker_cooldown_s=breaker_cooldown)
+                                 breaker_failures=breaker_failures, breaker_cooldown_s=breaker_cooldown,
+                                 offload=offload)
         trusted = Trust(load_public_keys(list(trust)), key, state_dir, allow_downgrade)
         llm = [b for b in bundles if b.is_file() and bundle_format(b) == LLM_FORMAT]
         if not llm:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
+import math
 import threading
 import time
 import urllib.parse
@@ -27,7 +29,9 @@ from edgeship.core.errors import ConfigError
 from edgeship.core.wire import wire_inputs
 from edgeship.runtime.protocol import DATATYPES, oip_datatype
 
-__all__ = ["Upstream", "UpstreamError", "CircuitBreaker", "HybridRunner", "MAX_RESPONSE_BYTES"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Upstream", "UpstreamError", "CircuitBreaker", "RoutePolicy", "HybridRunner", "MAX_RESPONSE_BYTES"]
 
 MAX_RESPONSE_BYTES = 256 << 20  # an upstream's answer larger than this is refused unread
 
@@ -69,8 +73,8 @@ class Upstream:
             conn.close()
         self._local.conn = None
 
-    def infer(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        """The model's ``outputs`` for ``inputs``, both ways as binary tensors."""
+    def infer(self, inputs: dict[str, np.ndarray], outputs: list[str], model: str | None = None) -> dict[str, np.ndarray]:
+        """``model``'s (default: this upstream's model) ``outputs`` for ``inputs``, both ways as binary tensors."""
         entries, blobs = [], []
         for name, array in inputs.items():
             array = np.ascontiguousarray(array)
@@ -82,7 +86,7 @@ class Upstream:
                                                              for n in outputs]}).encode()
         headers = {**self._headers, "Content-Type": "application/octet-stream",
                    "Inference-Header-Content-Length": str(len(header))}
-        path = f"{self._prefix}/v2/models/{urllib.parse.quote(self.model, safe='')}/infer"
+        path = f"{self._prefix}/v2/models/{urllib.parse.quote(model or self.model, safe='')}/infer"
         try:
             conn = self._connection()
             conn.request("POST", path, body=header + b"".join(blobs), headers=headers)
@@ -172,6 +176,70 @@ class CircuitBreaker:
                 self._opened_at = self._clock()
 
 
+class RoutePolicy:
+    """Where the next request runs: the route with the lowest expected latency.
+
+    - Each route starts from the plan's estimate (``edgeship split``: device-only, the chosen cut,
+      cloud-only), and each answer's measured latency moves its route's figure (an exponentially
+      weighted mean, weight ``alpha``): the link and the upstream's load are measured, not assumed.
+    - A route's device time (all of ``device``, the head of ``split``, none of ``upstream``) waits
+      behind the requests already queued for the device: when the queue is deep, whole requests go
+      upstream.
+    - A remote route not measured for ``probe_s`` gets the next request once, so a link that came
+      back, or got faster, is noticed.
+    """
+
+    def __init__(self, estimates_s: dict[str, float], device_s: dict[str, float] | None = None,
+                 alpha: float = 0.3, probe_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if "device" not in estimates_s or not 0 < alpha <= 1 or probe_s < 0:
+            raise ConfigError("a route policy needs a device estimate, 0 < alpha <= 1 and probe_s >= 0.")
+        self.alpha, self.probe_s, self._clock = alpha, probe_s, clock
+        self.expected_s = {k: float(v) for k, v in estimates_s.items()}
+        self.device_s = {k: float((device_s or {}).get(k, v if k == "device" else 0.0)) for k, v in estimates_s.items()}
+        now = clock()
+        self._checked = {k: now for k in estimates_s}
+        self._lock = threading.Lock()
+
+    @property
+    def routes(self) -> list[str]:
+        return list(self.expected_s)
+
+    def cost_s(self, route: str, waiting: int = 0) -> float:
+        """The expected latency of ``route`` with ``waiting`` requests queued for the device."""
+        device = self.device_s[route]
+        return self.expected_s[route] + (device * waiting if math.isfinite(device) else 0.0)
+
+    def choose(self, waiting: int = 0, allowed: Callable[[str], bool] = lambda route: True) -> str:
+        """The route for the next request; ``waiting``: requests queued for the device."""
+        with self._lock:
+            now = self._clock()
+            cost = {r: self.cost_s(r, waiting) for r in self.expected_s if r == "device" or allowed(r)}
+            best = min(cost, key=cost.get)
+            stale = [r for r in cost if r not in ("device", best) and now - self._checked[r] >= self.probe_s]
+            if stale:
+                best = stale[0]
+            self._checked[best] = now
+            return best
+
+    def observe(self, route: str, seconds: float, device_seconds: float | None = None) -> None:
+        """A measured answer on ``route``: ``seconds`` in all, ``device_seconds`` of them on the device."""
+        with self._lock:
+            if route not in self.expected_s:
+                return
+            for table, value in ((self.expected_s, seconds), (self.device_s, device_seconds)):
+                if value is not None:
+                    now = table[route]
+                    table[route] = value if not math.isfinite(now) else now + self.alpha * (value - now)
+            self._checked[route] = self._clock()
+
+    def drop(self, route: str) -> None:
+        """Never choose ``route`` again (the upstream does not serve it)."""
+        with self._lock:
+            if route != "device":
+                self.expected_s.pop(route, None)
+                self.device_s.pop(route, None)
+
+
 @dataclass(frozen=True)
 class Answer:
     outputs: dict[str, np.ndarray]
@@ -180,33 +248,86 @@ class Answer:
 
 
 class HybridRunner:
-    """A hybrid bundle's runtime (``Runtime`` with a head) and its upstream."""
+    """A hybrid bundle's runtime (``Runtime`` with a head) and its upstream.
 
-    def __init__(self, runtime: Any, upstream: Upstream, breaker: CircuitBreaker | None = None) -> None:
+    The routes: ``split`` (the head here, the tail upstream), ``upstream`` (the whole request to the
+    upstream: the cloud-only plan's tail, or with ``offload`` the whole model served there under the
+    bundle's own name) and ``device`` (the whole model here). :class:`RoutePolicy` picks one per
+    request; a remote route that fails falls back to the device, and its own circuit breaker opens
+    after repeated failures."""
+
+    def __init__(self, runtime: Any, upstream: Upstream, breaker: CircuitBreaker | None = None,
+                 offload: bool = True, policy: RoutePolicy | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         plan = runtime.hybrid
         if plan is None:
             raise ConfigError(f"{runtime.manifest['name']} is not a hybrid bundle: pack it with --split, or serve "
                               "it without --upstream.")
         self.runtime, self.upstream, self.plan = runtime, upstream, plan
-        self.breaker = breaker or CircuitBreaker()
         self.outputs = [s["name"] for s in runtime.manifest["outputs"]]
+        self.whole_model = str(runtime.manifest["name"])
+        self.policy = policy or RoutePolicy(*_route_estimates(plan, offload))
+        self.breaker = breaker or CircuitBreaker()  # one upstream: its faults close every remote route
+        self._clock = clock
+        self._head_s = 0.0
         self.last_error = ""  # the last upstream failure, in full
 
-    def predict(self, inputs: dict[str, Any]) -> Answer:
-        """Split when the upstream answers, else the whole model here; every request gets an answer."""
-        if not self.breaker.allow():
-            return Answer(self.runtime.predict(inputs), "device", "circuit_open")
-        cut = self.runtime.run_head(inputs)  # the device's own error (a bad input) is the caller's
-        rows = len(next(iter(inputs.values())))
+    def predict(self, inputs: dict[str, Any], waiting: int = 0) -> Answer:
+        """One request on the route the policy picks; every request gets an answer."""
+        route = self.policy.choose(waiting, lambda r: self.breaker.state != "open")
+        if route == "device":
+            return Answer(self._local(inputs), "device", "circuit_open" if self.breaker.state == "open" else "")
+        if not self.breaker.allow():  # half-open, and another request holds the one trial
+            return Answer(self._local(inputs), "device", "circuit_open")
+        started, self._head_s = self._clock(), 0.0
         try:
-            answer = self.upstream.infer(wire_inputs(cut, self.plan["wire"]), self.outputs)
-            _check_shapes(answer, self.runtime.manifest["outputs"], rows)
+            answer = self._remote(route, inputs)
         except UpstreamError as exc:
-            self.breaker.failure()
             self.last_error = str(exc)
-            return Answer(self.runtime.predict(inputs), "device", exc.reason)
+            if exc.reason == "http_404" and route == "upstream" and self.plan["position"] > 0:
+                self.policy.drop(route)  # the upstream does not serve the whole model: no offload
+                log.warning("the upstream does not serve %r: whole-request offload is off", self.whole_model)
+                self.breaker.success()
+            else:
+                self.breaker.failure()
+                self.policy.observe(route, self._clock() - started)
+            return Answer(self._local(inputs), "device", exc.reason)
         self.breaker.success()
-        return Answer(answer, "split" if self.plan["position"] > 0 else "upstream", "")
+        self.policy.observe(route, self._clock() - started, self._head_s if route == "split" else None)
+        return Answer(answer, route, "")
+
+    def _local(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        started = self._clock()
+        outputs = self.runtime.predict(inputs)
+        took = self._clock() - started
+        self.policy.observe("device", took, took)
+        return outputs
+
+    def _remote(self, route: str, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        rows = len(next(iter(inputs.values())))
+        if route == "upstream" and self.plan["position"] > 0:  # the whole model, served upstream by name
+            feeds = {k: np.asarray(v) for k, v in inputs.items()}
+            answer = self.upstream.infer(feeds, self.outputs, self.whole_model)
+        else:
+            started = self._clock()
+            cut = self.runtime.run_head(inputs) if self.plan["position"] > 0 else inputs
+            self._head_s = self._clock() - started
+            answer = self.upstream.infer(wire_inputs(cut, self.plan["wire"]), self.outputs)
+        _check_shapes(answer, self.runtime.manifest["outputs"], rows)
+        return answer
+
+
+def _route_estimates(plan: dict[str, Any], offload: bool) -> tuple[dict[str, float], dict[str, float]]:
+    """Each route's starting latency and device time, seconds, from the plan's estimates. A plan
+    without the other routes' estimates keeps to its own route until the others are measured."""
+    estimates = {k: v for k, v in (plan.get("estimates_ms") or {}).items() if v is not None}
+    own_ms = plan.get("estimate_ms") or {}
+    own = "split" if plan["position"] > 0 else "upstream"
+    routes = {"device": estimates.get("device", math.inf), own: own_ms.get("total_ms") or 0.0}
+    if offload and own == "split":
+        routes["upstream"] = estimates.get("upstream", math.inf)
+    device = {"device": routes["device"], own: own_ms.get("head_ms") or 0.0}
+    return ({r: float(t) / 1000 for r, t in routes.items()}, {r: float(t) / 1000 for r, t in device.items()})
 
 
 def _check_shapes(answer: dict[str, np.ndarray], specs: list[dict[str, Any]], rows: int) -> None:

@@ -83,6 +83,7 @@ class ServeSettings:
     upstream_timeout_s: float = 2.0
     breaker_failures: int = 3  # upstream failures in a row before the device stops calling it
     breaker_cooldown_s: float = 30.0  # then one trial call after this long
+    offload: bool = True  # hybrid bundles: whole requests may go to the upstream's copy of the model
 
     def check(self) -> None:
         for name in ("threads", "max_batch_size", "max_queue", "max_request_bytes"):
@@ -246,7 +247,7 @@ class ModelHost:
 
         s = self.settings
         upstream = Upstream(s.upstream, str(runtime.hybrid["tail_model"]), s.upstream_token, s.upstream_timeout_s)
-        return HybridRunner(runtime, upstream, CircuitBreaker(s.breaker_failures, s.breaker_cooldown_s))
+        return HybridRunner(runtime, upstream, CircuitBreaker(s.breaker_failures, s.breaker_cooldown_s), s.offload)
 
     def start(self) -> None:
         """Start the batcher (needs the running event loop)."""
@@ -329,7 +330,8 @@ class ModelHost:
         loop, hybrid = asyncio.get_running_loop(), self.hybrid
         if hybrid is None:
             return await loop.run_in_executor(self._executor, runtime.predict, feeds)
-        answer = await loop.run_in_executor(self._executor, hybrid.predict, feeds)
+        waiting = self.batcher.depth if self.batcher else 0  # a deep queue sends whole requests upstream
+        answer = await loop.run_in_executor(self._executor, hybrid.predict, feeds, waiting)
         self.metrics.hybrid.labels(**self.labels, executed_on=answer.executed_on, reason=answer.fallback_reason).inc()
         if answer.fallback_reason:
             log.warning("%s: ran on the device: %s", self.name, answer.fallback_reason)
