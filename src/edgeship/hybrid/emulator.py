@@ -43,6 +43,7 @@ class LinkStats:
     bytes_down: int = 0
     lost_segments: int = 0
     refused: int = 0
+    resets: int = 0  # connections cut because one side reset or failed
 
 
 class LinkEmulator:
@@ -174,8 +175,15 @@ class LinkEmulator:
             writer.transport.abort()
             return
         self._writers.add(up_writer)
-        await asyncio.gather(self._pump(reader, up_writer, "up"), self._pump(up_reader, writer, "down"),
-                             return_exceptions=True)
+        pumps = [asyncio.ensure_future(self._pump(reader, up_writer, "up")),
+                 asyncio.ensure_future(self._pump(up_reader, writer, "down"))]
+        # an end of stream passes on (half-close); a reset on either side resets both
+        done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_EXCEPTION)
+        if any(not t.cancelled() and t.exception() is not None for t in done):
+            self.stats.resets += 1
+            for w in (writer, up_writer):
+                w.transport.abort()
+        await asyncio.gather(*pumps, return_exceptions=True)
         for w in (writer, up_writer):
             self._writers.discard(w)
             if not w.transport.is_closing():
