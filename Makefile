@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_search.py
 	$(PY) benchmarks/bench_server.py
 	$(PY) benchmarks/bench_ota.py
+	$(PY) benchmarks/bench_hybrid.py
 
 # llama.cpp's Python binding builds from source (about 10 minutes), so it is its own target
 bench-llm: $(STAMP)
