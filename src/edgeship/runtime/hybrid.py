@@ -253,7 +253,7 @@ class HybridRunner:
     The routes: ``split`` (the head here, the tail upstream), ``upstream`` (the whole request to the
     upstream: the cloud-only plan's tail, or with ``offload`` the whole model served there under the
     bundle's own name) and ``device`` (the whole model here). :class:`RoutePolicy` picks one per
-    request; a remote route that fails falls back to the device, and its own circuit breaker opens
+    request; a remote route that fails falls back to the device, and the upstream's circuit breaker opens
     after repeated failures."""
 
     def __init__(self, runtime: Any, upstream: Upstream, breaker: CircuitBreaker | None = None,
@@ -269,7 +269,6 @@ class HybridRunner:
         self.policy = policy or RoutePolicy(*_route_estimates(plan, offload))
         self.breaker = breaker or CircuitBreaker()  # one upstream: its faults close every remote route
         self._clock = clock
-        self._head_s = 0.0
         self.last_error = ""  # the last upstream failure, in full
 
     def predict(self, inputs: dict[str, Any], waiting: int = 0) -> Answer:
@@ -279,9 +278,9 @@ class HybridRunner:
             return Answer(self._local(inputs), "device", "circuit_open" if self.breaker.state == "open" else "")
         if not self.breaker.allow():  # half-open, and another request holds the one trial
             return Answer(self._local(inputs), "device", "circuit_open")
-        started, self._head_s = self._clock(), 0.0
+        started = self._clock()
         try:
-            answer = self._remote(route, inputs)
+            answer, head_s = self._remote(route, inputs)
         except UpstreamError as exc:
             self.last_error = str(exc)
             if exc.reason == "http_404" and route == "upstream" and self.plan["position"] > 0:
@@ -293,7 +292,7 @@ class HybridRunner:
                 self.policy.observe(route, self._clock() - started)
             return Answer(self._local(inputs), "device", exc.reason)
         self.breaker.success()
-        self.policy.observe(route, self._clock() - started, self._head_s if route == "split" else None)
+        self.policy.observe(route, self._clock() - started, head_s if route == "split" else None)
         return Answer(answer, route, "")
 
     def _local(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -303,18 +302,19 @@ class HybridRunner:
         self.policy.observe("device", took, took)
         return outputs
 
-    def _remote(self, route: str, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    def _remote(self, route: str, inputs: dict[str, Any]) -> tuple[dict[str, np.ndarray], float]:
+        """The upstream's answer, and the seconds the device spent on the head."""
         rows = len(next(iter(inputs.values())))
         if route == "upstream" and self.plan["position"] > 0:  # the whole model, served upstream by name
             feeds = {k: np.asarray(v) for k, v in inputs.items()}
-            answer = self.upstream.infer(feeds, self.outputs, self.whole_model)
+            answer, head_s = self.upstream.infer(feeds, self.outputs, self.whole_model), 0.0
         else:
             started = self._clock()
             cut = self.runtime.run_head(inputs) if self.plan["position"] > 0 else inputs
-            self._head_s = self._clock() - started
+            head_s = self._clock() - started
             answer = self.upstream.infer(wire_inputs(cut, self.plan["wire"]), self.outputs)
         _check_shapes(answer, self.runtime.manifest["outputs"], rows)
-        return answer
+        return answer, head_s
 
 
 def _route_estimates(plan: dict[str, Any], offload: bool) -> tuple[dict[str, float], dict[str, float]]:
