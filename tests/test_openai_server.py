@@ -127,7 +127,7 @@ def test_a_disconnected_client_is_cancelled(tiny_genai):
 
     from edgeship.runtime.llm import ChatModel, ChatSettings
     from edgeship.runtime.openai_server import create_openai_app
-    from edgeship.runtime.server import bind
+    from edgeship.core.http import bind
 
     chat = ChatModel(tiny_genai, {"name": "tiny"}, ChatSettings(context=256, max_tokens=200))
     app = create_openai_app(chat)

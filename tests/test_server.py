@@ -90,6 +90,15 @@ def _metric(port: int, name: str, **labels: str) -> float:
     return total
 
 
+def _await_metric(port: int, name: str, done, **labels: str) -> None:  # type: ignore[no-untyped-def]
+    """Read the metric until ``done(value)``: each read is a real request, so the reads pace themselves
+    (no sleep); the bound only turns a server that never gets there into a failure."""
+    for _ in range(100000):
+        if done(_metric(port, name, **labels)):
+            return
+    raise AssertionError(f"{name} {labels} never reached the awaited value")
+
+
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     return generate_keys(tmp_path_factory.mktemp("server-keys"), content_key=True)
@@ -206,6 +215,14 @@ def _valid_json_request(x: np.ndarray) -> dict:
     return {"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1).tolist()}]}
 
 
+def _image_request(value: str, shape: str = "[1, 1, 8, 8]", rows: int = 1) -> bytes:
+    """A JSON request whose 64 x rows values are all the literal ``value`` (JSON text, not a Python value)."""
+    if rows != 1:
+        shape = f"[{rows}, 1, 8, 8]"
+    data = ", ".join([value] * 64 * rows)
+    return f'{{"inputs": [{{"name": "image", "shape": {shape}, "datatype": "FP32", "data": [{data}]}}]}}'.encode()
+
+
 @pytest.mark.parametrize("body, status, message", [
     (b"{not json", 400, "not valid JSON"),
     (b"[1, 2]", 400, "JSON object"),
@@ -220,6 +237,19 @@ def _valid_json_request(x: np.ndarray) -> dict:
                              "parameters": {"binary_data_size": 256}}]}).encode(), 400, "body ends before"),
     (json.dumps({"inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}],
                  "outputs": [{"name": "logits"}]}).encode(), 400, "unknown output 'logits'"),
+    # odd numbers: JSON's missing constants, overflow to infinity, huge integers, integers past int's digits
+    (_image_request("NaN"), 400, "not valid JSON"), (_image_request("-Infinity"), 400, "not valid JSON"),
+    (_image_request("1e400"), 400, "finite range of FP32"), (_image_request("3.5e38"), 400, "finite range"),
+    (_image_request(str(10**30)), 400, "not FP32"), (_image_request("0").replace(b"[0,", b"[" + b"1" * 5000 + b",", 1), 400, "not valid JSON"),
+    (_image_request("0", shape="[10000000000000000000000000000, 1, 8, 8]"), 413, "elements"),
+    (_image_request("0", shape="[1, 0, 8, 8]"), 400, "size 0"),
+    (_image_request("0", shape="[" + "1, " * 40 + "1]"), 400, "at most 32"),
+    (_image_request("0", rows=17), 413, "at most 16 per request"),
+    # deep JSON, around the request and inside its data
+    (b"[" * 100000 + b"]" * 100000, 400, "nested too deeply"),
+    (_image_request("0").replace(b"[0,", b"[" + b"[" * 5000 + b"0" + b"]" * 5000 + b",", 1), 400, "nested too deeply"),
+    (b'{"inputs": 5, "id": ' + b"9" * 5000 + b"}", 400, "not valid JSON"),
+    (b"\xff\xfe{}", 400, "not valid JSON"),
 ])
 def test_malformed_requests_get_4xx_and_the_server_keeps_serving(server, body, status, message, digits8, reference):
     port, proc = server
@@ -229,6 +259,46 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(server, body, s
     got, payload = _post(port, json.dumps(_valid_json_request(x)).encode())
     assert got == 200
     np.testing.assert_allclose(np.array(payload["outputs"][0]["data"]).reshape(1, 10), reference(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("path, headers, status", [
+    ("/v2/models/digits/versions/%C2%B2/infer", {}, 404),  # "²": a digit to Python's isdigit, not a version
+    ("/v2/models/digits/versions/%D9%A1/infer", {}, 404),  # "١" (Arabic-Indic one): int() would take it
+    ("/v2/models/digits/versions/" + "9" * 30 + "/infer", {}, 404),
+    ("/v2/models/digits/versions/-1/infer", {}, 404),
+    ("/v2/models/digits/infer", {"Inference-Header-Content-Length": "\u00b2"}, 400),
+    ("/v2/models/digits/infer", {"Inference-Header-Content-Length": "9" * 40}, 400),
+    ("/v2/models/digits/infer", {"Inference-Header-Content-Length": "-5"}, 400),
+])
+def test_odd_numbers_in_paths_and_headers_get_4xx(server, path, headers, status, digits8):
+    port, proc = server
+    body = json.dumps(_valid_json_request(digits8["x_test"][:1])).encode()
+    got, payload = _post(port, body, path=path, **headers)
+    assert got == status and payload["error"], payload
+    assert _post(port, body)[0] == 200
+
+
+def test_nan_and_inf_outputs_are_still_valid_json(keys, tmp_path):
+    """A model whose answer holds NaN and infinities (log of -1, 0, 1): strict JSON parsers read the answer."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Log", ["x"], ["y"])], "log",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "log.onnx")
+    bundle = pack(tmp_path / "log.onnx", "log", 1, keys["private"], tmp_path / "log.edgeship")
+    with running_server([bundle], keys) as (port, _):
+        body = json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [-1.0, 0.0, 1.0]}]})
+        status, _, raw = _request(port, "POST", "/v2/models/log/infer", body.encode(),
+                                  {"Content-Type": "application/json"})
+
+        def strict(name: str) -> None:
+            raise AssertionError(f"{name} is not JSON")
+
+        answer = json.loads(raw, parse_constant=strict)
+    assert status == 200 and answer["outputs"][0]["data"] == ["nan", "-inf", 0.0]
 
 
 def test_binary_size_mismatch_and_unknown_routes(server):
@@ -321,8 +391,7 @@ def test_full_queue_answers_503_and_shutdown_finishes_requests_in_flight(slow_bu
         result: dict[str, int] = {}
         worker = threading.Thread(target=lambda: result.update(status=post()))
         worker.start()
-        while _metric(port, "edgeship_inference_requests_in_flight", model="slow") < 1:
-            time.sleep(0.002)
+        _await_metric(port, "edgeship_inference_requests_in_flight", lambda v: v >= 1, model="slow")
         proc.send_signal(signal.SIGTERM)
         worker.join(60)
         assert result.get("status") == 200
@@ -334,16 +403,12 @@ def test_idle_unload_then_transparent_reload_reverifies_the_file(keys, cnn_onnx,
     x = digits8["x_test"][:2]
     with running_server([bundle], keys, "--idle-unload", "0.4") as (port, _):
         client = _client(port)
-        deadline = time.monotonic() + 20
-        while _metric(port, "edgeship_model_loaded", model="digits") != 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _metric(port, "edgeship_model_loaded", model="digits") == 0
+        _await_metric(port, "edgeship_model_loaded", lambda v: v == 0, model="digits")
         np.testing.assert_allclose(client.infer("digits", [_infer_input(x)]).as_numpy("output"), reference(x),
                                    atol=1e-5)
         assert _metric(port, "edgeship_model_loads_total", model="digits") == 2
         # while unloaded, the file is swapped for a tampered one: the reload refuses it
-        while _metric(port, "edgeship_model_loaded", model="digits") != 0 and time.monotonic() < deadline + 20:
-            time.sleep(0.1)
+        _await_metric(port, "edgeship_model_loaded", lambda v: v == 0, model="digits")
         with zipfile.ZipFile(bundle) as archive:
             members = {i.filename: archive.read(i) for i in archive.infolist()}
         model = bytearray(members["model.onnx"])
@@ -389,3 +454,29 @@ def test_readme_client_snippet_runs_against_the_server(keys, tmp_path, capsys):
     expected = net(torch.zeros(1, 1, 32, 32)).detach().numpy()
     values = [float(v) for v in printed.replace("[", " ").replace("]", " ").split()]
     np.testing.assert_allclose(values, expected.reshape(-1), rtol=1e-4, atol=1e-5)
+
+
+def test_request_limits_bound_the_work_before_it_starts():
+    """The protocol's limits on their own: JSON bytes before parsing, elements per input, rows, output bytes."""
+    from edgeship.runtime.protocol import ProtocolError, RequestLimits, parse_infer_request
+
+    specs = [{"name": "x", "dtype": "float32", "shape": ["batch", "n"]}]
+    limits = RequestLimits(max_json_bytes=4096, max_rows=4, max_elements=1000, max_output_bytes=100)
+
+    def request(rows: int, n: int) -> bytes:
+        return json.dumps({"inputs": [{"name": "x", "shape": [rows, n], "datatype": "FP32",
+                                       "data": [0.5] * (rows * n)}]}).encode()
+
+    assert parse_infer_request(request(4, 10), None, specs, ["y"], limits=limits).rows == 4
+    for body, status, message in ((request(5, 10), 413, "at most 4 per request"),
+                                  (request(1, 1001), 413, "over this server's 4096-byte limit for JSON"),
+                                  (json.dumps({"inputs": [{"name": "x", "shape": [1, 2000], "datatype": "FP32",
+                                                           "parameters": {"binary_data_size": 8000}}]}).encode(),
+                                   413, "2000 elements")):
+        header = None if b"binary" not in body else str(len(body))
+        with pytest.raises(ProtocolError, match=message) as caught:
+            parse_infer_request(body + (b"\0" * 8000 if header else b""), header, specs, ["y"], limits=limits)
+        assert caught.value.status == status
+    with pytest.raises(ProtocolError, match="answer would hold 400 bytes") as caught:
+        limits.check_output({"y": np.zeros(100, np.float32)})
+    assert caught.value.status == 413

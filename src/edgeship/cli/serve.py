@@ -10,6 +10,7 @@ import typer
 
 from edgeship.cli._common import console, guard
 from edgeship.core.errors import ConfigError
+from edgeship.core.http import read_token_file
 
 __all__ = ["register"]
 
@@ -76,8 +77,8 @@ def serve(
                                  max_queue_delay_ms=max_queue_delay_ms, max_queue=max_queue,
                                  max_request_bytes=int(max_request_mb * (1 << 20)), cache_size=cache_size,
                                  idle_unload_s=idle_unload, reload_poll_s=reload_poll,
-                                 token=_read_token(token_file), upstream=upstream,
-                                 upstream_token=_read_token(upstream_token_file), upstream_timeout_s=upstream_timeout,
+                                 token=read_token_file(token_file), upstream=upstream,
+                                 upstream_token=read_token_file(upstream_token_file), upstream_timeout_s=upstream_timeout,
                                  breaker_failures=breaker_failures, breaker_cooldown_s=breaker_cooldown,
                                  offload=offload)
         trusted = Trust(load_public_keys(list(trust)), key, state_dir, allow_downgrade)
@@ -96,24 +97,6 @@ def serve(
         serve_llm(llm[0], trusted, settings, chat_settings, on_listening=llm_listening)
 
     guard(work)
-
-
-MAX_TOKEN_BYTES = 4096
-
-
-def _read_token(path: Path | None) -> str | None:
-    """A bearer token from a file (one line, at most 4 KiB, printable)."""
-    if path is None:
-        return None
-    try:
-        if path.stat().st_size > MAX_TOKEN_BYTES:
-            raise ConfigError(f"token file {str(path)!r} is over {MAX_TOKEN_BYTES} bytes; it should hold one token.")
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read token file {str(path)!r}: {exc}.") from None
-    if not token or not token.isprintable() or " " in token:
-        raise ConfigError(f"token file {str(path)!r} must hold one token: printable, no spaces.")
-    return token
 
 
 def chat(

@@ -109,7 +109,7 @@ def create_openai_app(chat: ChatModel, max_request_bytes: int = 1 << 20, clock: 
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     from edgeship import __version__
-    from edgeship.runtime.server import _BodyLimit
+    from edgeship.core.http import BodyLimit
 
     app = FastAPI(title="edgeship LLM server", version=__version__,
                   description="OpenAI-compatible chat and completions for an edgeship LLM bundle.")
@@ -221,7 +221,7 @@ def create_openai_app(chat: ChatModel, max_request_bytes: int = 1 << 20, clock: 
             raise _Refused("prompt must be a non-empty string.", param="prompt")
         return await _run(request, chat.encode(prompt), body, "text")
 
-    app.add_middleware(_BodyLimit, limit=max_request_bytes)
+    app.add_middleware(BodyLimit, limit=max_request_bytes)
     return app
 
 
@@ -314,7 +314,7 @@ async def _sse(events: asyncio.Queue, job: Job, shape: _Shape, include_usage: bo
 
 def serve_llm(bundle: Any, trust: Any, settings: Any, chat_settings: Any, on_listening: Any = None) -> None:
     """Verify and open an LLM bundle, then serve it (``edgeship serve`` on an LLM bundle)."""
-    from edgeship.runtime.server import bind, run_app
+    from edgeship.core.http import bind, run_app
 
     settings.check()
     chat = ChatModel.open(bundle, trust.keys, trust.decrypt_key, trust.state_dir, trust.allow_downgrade, chat_settings)

@@ -19,9 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from edgeship.bundle.format import BundleError
+from edgeship.core.http import BodyLimit, bind, run_app
 from edgeship.core.names import StateDir
 from edgeship.errors import ConfigError
 from edgeship.runtime.batching import DynamicBatcher, QueueFullError
@@ -43,6 +41,7 @@ from edgeship.runtime.protocol import (
     HEADER_LENGTH,
     InferRequest,
     ProtocolError,
+    RequestLimits,
     encode_infer_response,
     parse_infer_request,
     tensor_metadata,
@@ -73,6 +72,9 @@ class ServeSettings:
     max_queue_delay_ms: float | None = None  # wait to fill a batch; None adapts (see batching.py), 0 never waits
     max_queue: int = 128  # queued requests per model before answering 503
     max_request_bytes: int = 16 << 20  # larger bodies get 413
+    max_json_bytes: int = 1 << 20  # the JSON part of a request, bounded before it is parsed (413 over it)
+    max_elements: int = 1 << 24  # per input tensor (413 over it)
+    max_output_bytes: int = 64 << 20  # an answer's tensors (413 over it)
     cache_size: int = 0  # LRU entries of results per model; 0: no cache
     idle_unload_s: float | None = None  # unload a model idle this long; reload on the next request
     graceful_timeout_s: float = 30.0  # on shutdown, how long in-flight requests may take
@@ -86,7 +88,8 @@ class ServeSettings:
     offload: bool = True  # hybrid bundles: whole requests may go to the upstream's copy of the model
 
     def check(self) -> None:
-        for name in ("threads", "max_batch_size", "max_queue", "max_request_bytes"):
+        for name in ("threads", "max_batch_size", "max_queue", "max_request_bytes", "max_json_bytes", "max_elements",
+                     "max_output_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
         if (self.max_queue_delay_ms is not None and self.max_queue_delay_ms < 0) or self.cache_size < 0:
@@ -229,6 +232,9 @@ class ModelHost:
         self.text_input = ({"name": TEXT_INPUT, "dtype": "object", "shape": ["batch"]}
                            if self.manifest.get("text") else None)
         self.batched = has_batch_axis(self.manifest)
+        st = self.settings
+        self.limits = RequestLimits(st.max_json_bytes, st.max_batch_size if self.batched else None, st.max_elements,
+                                    st.max_output_bytes)
         self.hybrid = self._hybrid_runner(runtime)
         self.labels = {"model": self.name, "version": str(self.version)}
         if old is not None and old != self.labels:
@@ -385,61 +391,9 @@ class _Registry:
             raise ProtocolError(f"unknown model {name!r}; this server has {sorted(self.by_name)}.", 404)
         if version is None:
             return versions[max(versions)]
-        if not version.isdigit() or int(version) not in versions:
+        if not (version.isascii() and version.isdigit() and len(version) <= 18) or int(version) not in versions:
             raise ProtocolError(f"{name} has no version {version!r}; it has {sorted(versions)}.", 404)
         return versions[int(version)]
-
-
-class _BodyLimit:
-    """ASGI middleware: bodies over the limit get 413, whether announced or streamed."""
-
-    class _TooLarge(ProtocolError):
-        """Raised inside the app while it reads the body; the infer route answers it as a 413."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def _refuse(self, send: Any, status: int, message: str) -> None:
-        import json
-
-        body = json.dumps({"error": message}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                return await self._refuse(send, 400, f"Content-Length {declared.decode(errors='replace')!r} is not a number.")
-            if int(declared) > self.limit:
-                return await self._refuse(send, 413, f"the request body is {int(declared)} bytes, over this server's "
-                                                     f"{self.limit}-byte limit (--max-request-mb).")
-        received, started = 0, False
-
-        async def limited_receive() -> Any:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise self._TooLarge(f"the request body is over this server's {self.limit}-byte limit "
-                                         "(--max-request-mb).", 413)
-            return message
-
-        async def tracking_send(message: Any) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except self._TooLarge as exc:
-            if not started:
-                await self._refuse(send, 413, str(exc))
 
 
 class _TokenAuth:
@@ -619,9 +573,10 @@ def _infer_routes(served: _Served) -> APIRouter:
         try:
             body = await request.body()
             parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), host.manifest["inputs"],
-                                         host.output_names, host.text_input)
+                                         host.output_names, host.text_input, host.limits)
             outputs = dict(await host.infer(parsed))
             where = outputs.pop(EXECUTED_ON, None)
+            host.limits.check_output(outputs)
             parameters = {"executed_on": str(where[0])} if where is not None and len(where) else None
             payload, headers = encode_infer_response(host.name, host.version, outputs, parsed,
                                                      host.manifest.get("labels"), parameters)
@@ -665,7 +620,7 @@ def _repository_routes(served: _Served) -> APIRouter:
         body = await request.body()
         try:
             params = json.loads(body) if body.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ProtocolError("malformed request: the load body is not JSON.", 400) from None
         if not isinstance(params, dict) or params.get("parameters"):
             raise ProtocolError("load takes no parameters: this server loads only its own bundles (or the "
@@ -694,7 +649,7 @@ def create_app(bundles: list[Path], trust: Trust, settings: ServeSettings | None
     _add_error_handlers(app)
     for routes in (_health_routes, _model_routes, _infer_routes, _repository_routes):
         app.include_router(routes(served))
-    app.add_middleware(_BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     if settings.token:
         app.add_middleware(_TokenAuth, token=settings.token)
     return app
@@ -709,31 +664,3 @@ def serve(bundles: list[Path], trust: Trust, settings: ServeSettings | None = No
     if on_listening is not None:
         on_listening(settings.host, sock.getsockname()[1], app.state.registry.hosts)
     run_app(app, sock, settings.graceful_timeout_s)
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket, bound before the app starts (port 0 picks a free one), so that clients told
-    the address can connect at once."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; "
-                          "pick another --port (0 picks a free one).") from None
-    sock.listen(2048)  # connections made once the address is printed wait in the backlog, not refused
-    return sock
-
-
-def run_app(app: Any, sock: socket.socket, graceful_timeout_s: float) -> None:
-    """Serve ``app`` on ``sock`` until SIGINT/SIGTERM, then finish in-flight requests."""
-    import uvicorn
-
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=graceful_timeout_s)
-    # uvicorn finishes in-flight requests on SIGTERM, then raises the signal again with the handler
-    # it found; a no-op one here makes a clean, graceful stop exit with status 0.
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    uvicorn.Server(config).run(sockets=[sock])

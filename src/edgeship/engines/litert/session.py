@@ -19,7 +19,6 @@ bundle's signature and the runtime's checks hold unchanged:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
