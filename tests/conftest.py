@@ -163,6 +163,26 @@ def break_selftest():
     return rewrite
 
 
+def rewrite_manifest(src: Path, dst: Path, private_key: Path | None, edit) -> Path:
+    """Copy a bundle with ``edit(manifest)`` applied to its manifest, signed again with ``private_key``
+    (what a packer with the real key, buggy or hostile, could ship); None keeps the old signature."""
+    import zipfile
+
+    from edgeship.bundle.keys import load_private_key
+
+    with zipfile.ZipFile(src) as archive:
+        members = {i.filename: archive.read(i) for i in archive.infolist()}
+    manifest = json.loads(members["manifest.json"])
+    edit(manifest)
+    members["manifest.json"] = json.dumps(manifest).encode()
+    if private_key is not None:
+        members["manifest.sig"] = load_private_key(private_key).sign(members["manifest.json"])
+    with zipfile.ZipFile(dst, "w") as out:
+        for name, data in members.items():
+            out.writestr(name, data)
+    return dst
+
+
 @pytest.fixture(scope="module")
 def private_cache(tmp_path_factory):
     """A fresh EDGESHIP_CACHE_DIR for one test module (the host profile is measured into it)."""

@@ -43,11 +43,12 @@ from typing import Any
 import numpy as np
 
 from edgeship.core.errors import BundleError
-from edgeship.core.names import Bundle
+from edgeship.core.names import NAME_RULE, Bundle, is_name
 from edgeship.core.rollback import check_not_older, record_accepted
 
-__all__ = ["BundleError", "VerifiedBundle", "verify_bundle", "read_manifest", "FORMAT", "FORMAT_VERSION",
-           "MAX_MEMBER_BYTES", "aad"]
+__all__ = ["BundleError", "VerifiedBundle", "verify_bundle", "read_manifest", "manifest_identity",
+           "selftest_tolerance", "matches_reference",
+           "check_format_version", "regular_file_size", "FORMAT", "FORMAT_VERSION", "MAX_MEMBER_BYTES", "aad"]
 
 FORMAT = "edgeship.bundle"
 FORMAT_VERSION = 1
@@ -77,18 +78,67 @@ class VerifiedBundle:
         return int(self.manifest["version"])
 
 
+def selftest_tolerance(expected: np.ndarray) -> dict[str, float]:
+    """The self-test's tolerance for a reference output: relative 1e-3, absolute 1e-3 of its largest
+    finite magnitude (a model may answer NaN or infinity for the self-test input)."""
+    finite = np.abs(expected[np.isfinite(expected)]) if expected.dtype.kind == "f" else np.abs(expected)
+    return {"rtol": 1e-3, "atol": float(1e-3 * (finite.max() if finite.size else 0.0) + 1e-5)}
+
+
+def matches_reference(got: np.ndarray, expected: np.ndarray, tolerance: dict[str, Any]) -> bool:
+    """Whether an output matches the packed self-test reference (NaN where the reference has NaN,
+    the same infinities)."""
+    return got.shape == expected.shape and bool(np.allclose(got, expected, rtol=tolerance["rtol"],
+                                                            atol=tolerance["atol"], equal_nan=True))
+
+
 def aad(name: str, version: int) -> bytes:
     """Associated data that binds a ciphertext to its bundle's name and version."""
     return json.dumps({"name": name, "version": int(version)}, sort_keys=True).encode()
 
 
-def _read_bounded(path: Path) -> bytes:
+def manifest_identity(manifest: Any, source: str = "the bundle") -> tuple[str, int]:
+    """(name, version) of a parsed manifest, strictly typed: the name a plain name (it becomes paths
+    on devices and in update repositories), the version a JSON integer >= 1 (not a string, a float
+    or a boolean)."""
+    if not isinstance(manifest, dict):
+        raise BundleError(f"the manifest of {source} is not a JSON object; it is not a bundle manifest.")
+    name, version = manifest.get("name"), manifest.get("version")
+    if not is_name(name):
+        raise BundleError(f"the manifest of {source} names the model {str(name)[:80]!r}, not a plain name "
+                          f"({NAME_RULE}); refused.")
+    if type(version) is not int or not 1 <= version < 2**53:
+        raise BundleError(f"the manifest of {source} gives version {str(version)[:40]!r}; a version is a whole "
+                          "number >= 1. Refused.")
+    return name, version
+
+
+def check_format_version(manifest: dict[str, Any], expected: int, what: str) -> None:
+    """The manifest's ``format_version`` is exactly ``expected`` (an integer, not "1" or 1.0 or true)."""
+    found = manifest.get("format_version")
+    if type(found) is not int or found != expected:
+        raise BundleError(f"{what} format version {str(found)[:40]!r} is not {expected}, the one this edgeship "
+                          "reads; upgrade edgeship or repack the model.")
+
+
+def regular_file_size(path: Path, what: str = "bundle") -> int:
+    """The size of ``path``, which must be a regular file: a device, a pipe or a folder given as a
+    bundle is refused at once instead of being read without end."""
+    import stat
+
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except FileNotFoundError:
-        raise BundleError(f"bundle not found: {str(path)!r}.") from None
+        raise BundleError(f"{what} not found: {str(path)!r}.") from None
     except OSError as exc:
-        raise BundleError(f"cannot read bundle {str(path)!r}: {exc.strerror}.") from None
+        raise BundleError(f"cannot read {what} {str(path)!r}: {exc.strerror}.") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise BundleError(f"{str(path)!r} is not a regular file; give the path of a {what} file.")
+    return info.st_size
+
+
+def _read_bounded(path: Path) -> bytes:
+    size = regular_file_size(path)
     if size > MAX_BUNDLE_BYTES:
         raise BundleError(f"{str(path)!r} is {size} bytes, over the {MAX_BUNDLE_BYTES}-byte limit for a bundle.")
     return path.read_bytes()
@@ -172,42 +222,35 @@ def _payload_members(members: dict[str, memoryview]) -> set[str]:
 
 
 def read_manifest(path: Path | str, trusted_keys: list[Any] | None = None) -> dict[str, Any]:
-    """The manifest of a bundle, without decrypting it. With ``trusted_keys``, the signature
-    and every member's digest are checked first; without, the manifest is only parsed (for
-    tools that pass the bundle on to a device, which verifies it)."""
+    """The manifest of a bundle, without decrypting it, after checking its format, types, member
+    list and every member's digest. With ``trusted_keys`` the signature is checked too; without,
+    it must be present (for tools that pass the bundle on to a device, which checks the signer)."""
     members = _read_members(Path(path))
     if Bundle.MANIFEST not in members:
         raise BundleError(f"{str(path)!r} has no manifest.json; it is not an edgeship bundle.")
     if trusted_keys is not None:
         _check_signature(members, trusted_keys)
-    try:
-        manifest = json.loads(bytes(members[Bundle.MANIFEST]))
-        str(manifest["name"]), int(manifest["version"])
-    except (ValueError, KeyError, TypeError):
-        raise BundleError(f"the manifest of {str(path)!r} is not a bundle manifest.") from None
-    if trusted_keys is not None:
-        declared = manifest.get("members", {})
-        if set(declared) != _payload_members(members):
-            raise BundleError("the manifest's member list does not match the bundle's members.")
-        for member, entry in declared.items():
-            _check_digest(member, members[member], entry)
+    elif Bundle.SIGNATURE not in members:
+        raise BundleError(f"{str(path)!r} has no manifest.sig; an edgeship bundle is always signed.")
+    manifest = _signed_manifest(members, repr(str(path)))
+    for member, entry in manifest["members"].items():
+        _check_digest(member, members[member], entry)
     return manifest
 
 
-def _signed_manifest(members: dict[str, memoryview]) -> dict[str, Any]:
-    """The manifest (its signature already checked), with its format and member list checked."""
+def _signed_manifest(members: dict[str, memoryview], source: str = "the bundle") -> dict[str, Any]:
+    """The manifest (its signature already checked), with its format, types and member list checked."""
     try:
         manifest = json.loads(bytes(members[Bundle.MANIFEST]))
     except ValueError:
         raise BundleError("the signed manifest is not JSON; the bundle was made by a broken packer.") from None
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"not an edgeship bundle: format {manifest.get('format')!r}.")
-    if int(manifest.get("format_version", -1)) != FORMAT_VERSION:
-        raise BundleError(
-            f"bundle format version {manifest.get('format_version')} is not {FORMAT_VERSION}, the one this "
-            "edgeship reads; upgrade edgeship or repack the model."
-        )
-    declared, present = manifest.get("members", {}), _payload_members(members)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"not an edgeship bundle: format {manifest.get('format') if isinstance(manifest, dict) else None!r}.")
+    check_format_version(manifest, FORMAT_VERSION, "bundle")
+    manifest_identity(manifest, source)
+    declared, present = manifest.get("members"), _payload_members(members)
+    if not isinstance(declared, dict) or not all(isinstance(e, dict) for e in declared.values()):
+        raise BundleError("the manifest's member table is not a table of digests; refused.")
     if set(declared) != present:
         raise BundleError(f"the manifest lists members {sorted(declared)} but the bundle holds {sorted(present)}.")
     encrypted = bool(manifest.get("encryption"))
@@ -250,11 +293,11 @@ def _model_bytes(members: dict[str, memoryview], manifest: dict[str, Any], decry
     decrypt_error, plaintext = None, b""
     if encryption:
         from cryptography.exceptions import InvalidTag
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        from edgeship.bundle.keys import content_cipher
 
         try:
             nonce = bytes.fromhex(encryption["nonce"])
-            plaintext = AESGCM(decrypt_key).decrypt(nonce, members[member], aad(manifest["name"], manifest["version"]))
+            plaintext = content_cipher(decrypt_key).decrypt(nonce, members[member], aad(manifest["name"], manifest["version"]))
         except (InvalidTag, ValueError):
             decrypt_error = BundleError("the model does not decrypt with this key (wrong --decrypt-key, or altered data).")
     hasher.join()
@@ -281,7 +324,7 @@ def verify_bundle(
                           "serve it (`edgeship serve`); `edgeship run` and the tensor runtime take tensor models.")
     members = _read_members(Path(path))
     _check_signature(members, trusted_keys)
-    manifest = _signed_manifest(members)
+    manifest = _signed_manifest(members, repr(str(path)))
     model_member = _model_member(manifest)
     for member in _payload_members(members) - {model_member}:
         _check_digest(member, members[member], manifest["members"][member])
@@ -315,10 +358,10 @@ def _head_bytes(members: dict[str, memoryview], manifest: dict[str, Any], decryp
     if not encryption:
         return bytes(members[present[0]])
     from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from edgeship.bundle.keys import content_cipher
 
     try:
-        return AESGCM(decrypt_key).decrypt(bytes.fromhex(hybrid["head_nonce"]), members[present[0]],
+        return content_cipher(decrypt_key).decrypt(bytes.fromhex(hybrid["head_nonce"]), members[present[0]],
                                            aad(manifest["name"], manifest["version"]))
     except (InvalidTag, ValueError, KeyError, TypeError):
         raise BundleError("the head does not decrypt with this key (wrong --decrypt-key, or altered data).") from None

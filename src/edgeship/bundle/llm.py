@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import struct
 import tempfile
 import zipfile
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from edgeship.bundle.format import MAX_MANIFEST_BYTES, check_format_version, manifest_identity, regular_file_size
 from edgeship.core.errors import BundleError, InvalidModelError
 from edgeship.core.files import atomic_writer
 from edgeship.core.names import Bundle
@@ -45,7 +47,6 @@ CHUNK = 1 << 20
 TAG = 16
 MAX_FILES = 32
 MAX_FILE_BYTES = 16 << 30
-MAX_MANIFEST_BYTES = 4 << 20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: the files of a GenAI folder a bundle carries (other files in the folder are left out)
 _CARRIED = re.compile(r"^(genai_config\.json|model\.onnx(\.data)?|tokenizer(_config)?\.json|special_tokens_map\.json|"
@@ -59,8 +60,11 @@ def is_genai_folder(path: Path | str) -> bool:
 
 
 def bundle_format(path: Path | str) -> str:
-    """The ``format`` a bundle's manifest declares (read without reading the rest); "" if none."""
+    """The ``format`` a bundle's manifest declares (read without reading the rest); "" if none, or
+    if ``path`` is not a regular file (zipfile would read a device such as /dev/zero without end)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return ""
         with zipfile.ZipFile(path) as archive:
             info = archive.getinfo(Bundle.MANIFEST)
             if info.file_size > MAX_MANIFEST_BYTES:
@@ -171,7 +175,9 @@ class VerifiedLLM:
         return int(self.manifest["version"])
 
 
-def _signed_manifest(archive: zipfile.ZipFile, trusted_keys: list[Any]) -> dict[str, Any]:
+def _signed_manifest(archive: zipfile.ZipFile, trusted_keys: list[Any] | None) -> dict[str, Any]:
+    """The manifest, its signature checked against ``trusted_keys`` (None: only that there is one),
+    its format, types and file list checked against the archive's members."""
     from cryptography.exceptions import InvalidSignature
 
     infos = archive.infolist()
@@ -183,18 +189,24 @@ def _signed_manifest(archive: zipfile.ZipFile, trusted_keys: list[Any]) -> dict[
     if archive.getinfo(Bundle.MANIFEST).file_size > MAX_MANIFEST_BYTES or archive.getinfo(Bundle.SIGNATURE).file_size > 1024:
         raise BundleError("the bundle's manifest or signature is larger than any edgeship writes; refused unread.")
     raw, signature = archive.read(Bundle.MANIFEST), archive.read(Bundle.SIGNATURE)
-    for key in trusted_keys:
+    for key in trusted_keys if trusted_keys is not None else ():
         try:
             key.verify(signature, raw)
             break
         except InvalidSignature:
             continue
     else:
-        raise BundleError("the manifest signature does not match any trusted key: the bundle was altered or signed "
-                          "by someone else. Check --trust.")
-    manifest = json.loads(raw)
-    if manifest.get("format") != LLM_FORMAT or manifest.get("format_version") != LLM_FORMAT_VERSION:
-        raise BundleError(f"not an LLM bundle of format {LLM_FORMAT} v{LLM_FORMAT_VERSION}.")
+        if trusted_keys is not None:
+            raise BundleError("the manifest signature does not match any trusted key: the bundle was altered or "
+                              "signed by someone else. Check --trust.")
+    try:
+        manifest = json.loads(raw)
+    except ValueError:
+        raise BundleError("the signed manifest is not JSON; the bundle was made by a broken packer.") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != LLM_FORMAT:
+        raise BundleError(f"not an LLM bundle of format {LLM_FORMAT}.")
+    check_format_version(manifest, LLM_FORMAT_VERSION, "LLM bundle")
+    manifest_identity(manifest)
     files = manifest.get("files")
     if not isinstance(files, dict) or not files or len(files) > MAX_FILES or not all(_NAME.match(f) for f in files):
         raise BundleError("the manifest's file list is empty, too long, or names a path; refused.")
@@ -219,11 +231,11 @@ def _copy_member(archive: zipfile.ZipFile, manifest: dict[str, Any], file: str, 
     with archive.open(member) as src, dst.open("wb") as out:
         if enc:
             from cryptography.exceptions import InvalidTag
-            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+            from edgeship.bundle.keys import content_cipher
 
             if key is None:
                 raise BundleError("the bundle is encrypted; give the content key (--decrypt-key).")
-            aes, prefix = AESGCM(key), bytes.fromhex(enc["nonce_prefix"])
+            aes, prefix = content_cipher(key), bytes.fromhex(enc["nonce_prefix"])
             name, version = str(manifest["name"]), int(manifest["version"])
             for i in range(chunks):
                 sealed = src.read(min(CHUNK, size - i * CHUNK) + TAG)
@@ -245,19 +257,15 @@ def _copy_member(archive: zipfile.ZipFile, manifest: dict[str, Any], file: str, 
 
 def read_llm_manifest(path: Path | str, trusted_keys: list[Any] | None) -> dict[str, Any]:
     """The manifest, without reading (or decrypting) the files: what a publisher that holds no
-    content key can check. With ``trusted_keys``, signed and matching the archive's members;
-    without, only parsed (bounded), for tools that pass the bundle on to a device that verifies it."""
+    content key can check. Its format, types and file list are checked against the archive's
+    members; with ``trusted_keys`` its signature too (without, that there is one: the device
+    checks the signer, and each file's digest as it unpacks)."""
+    regular_file_size(Path(path))
     try:
         with zipfile.ZipFile(path) as archive:
-            if trusted_keys is not None:
-                return _signed_manifest(archive, trusted_keys)
-            if archive.getinfo(Bundle.MANIFEST).file_size > MAX_MANIFEST_BYTES:
-                raise BundleError("the bundle's manifest is larger than any edgeship writes.")
-            manifest = json.loads(archive.read(Bundle.MANIFEST))
-        str(manifest["name"]), int(manifest["version"])
-        return manifest
-    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
-        raise BundleError(f"the manifest of {str(path)!r} is not a bundle manifest.") from None
+            return _signed_manifest(archive, trusted_keys)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise BundleError(f"{str(path)!r} is not a readable bundle: {exc}.") from None
 
 
 def verify_llm_bundle(path: Path | str, trusted_keys: list[Any], decrypt_key: bytes | None = None,
@@ -265,6 +273,7 @@ def verify_llm_bundle(path: Path | str, trusted_keys: list[Any], decrypt_key: by
                       allow_downgrade: bool = False, record: bool = True) -> VerifiedLLM:
     """Verify an LLM bundle by streaming and unpack it into ``dest`` (default: a new private temporary
     folder). Nothing lands in ``dest`` unless every file verifies."""
+    regular_file_size(Path(path))
     try:
         archive = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from edgeship.bundle.format import FORMAT, FORMAT_VERSION, NONCE_BYTES, aad
+from edgeship.bundle.format import FORMAT, FORMAT_VERSION, NONCE_BYTES, aad, matches_reference, selftest_tolerance
 from edgeship.bundle.keys import load_content_key, load_private_key
 from edgeship.core.files import atomic_writer
-from edgeship.core.names import Bundle
+from edgeship.core.names import Bundle, check_name
 from edgeship.core.report import ModelInfo, ReportHead
 from edgeship.core.session import Optimization, open_session
 from edgeship.errors import ConfigError, InvalidModelError
@@ -175,7 +175,7 @@ def _preoptimize(onnx_path: Path, feeds: dict[str, np.ndarray], expected: np.nda
             got = open_session(data, threads=1).run(None, feeds)[0]
         except Exception as exc:  # ONNX Runtime could not optimize or reload it: pack the model as given
             return None, f"not pre-optimized: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    if got.shape != expected.shape or not np.allclose(got, expected, rtol=tolerance["rtol"], atol=tolerance["atol"]):
+    if not matches_reference(got, expected, tolerance):
         return None, "not pre-optimized: the optimized graph's output differed from the model's"
     return data, "extended"
 
@@ -187,9 +187,8 @@ def _version(package: str) -> str:
 
 
 def _check_name_version(name: str, version: int) -> None:
-    if not name or "/" in name or "\\" in name or name.startswith(".") or ".." in name:
-        raise ConfigError(f"bundle name {name!r} must be a plain non-empty name, e.g. digits-cnn.")
-    if int(version) != version or version < 1:
+    check_name(name, "bundle name")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ConfigError(f"--version must be a whole number >= 1 that only ever increases, got {version!r}.")
 
 
@@ -263,7 +262,7 @@ def pack(
         expected = engine.open(source.artifact, 1, options).run(None, feeds)[0]
     else:
         expected = loaded.session(1).run(None, feeds)[0]
-    tolerance = {"rtol": 1e-3, "atol": float(1e-3 * np.abs(expected).max() + 1e-5)}
+    tolerance = selftest_tolerance(expected)
     model_bytes, optimization = None, "none (--no-preoptimize)"
     if source.artifact is not None:
         model_bytes, optimization = engine.model_bytes(source.artifact), f"{engine.label} (the engine's own format)"

@@ -6,11 +6,32 @@ layout below, which ``edgeship serve STATE_DIR`` reads too.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-__all__ = ["Bundle", "StateDir", "BUNDLE_SUFFIX"]
+from edgeship.core.errors import ConfigError
+
+__all__ = ["Bundle", "StateDir", "BUNDLE_SUFFIX", "NAME_RULE", "NAME_PATTERN", "check_name", "is_name"]
 
 BUNDLE_SUFFIX = ".edgeship"
+
+#: model names and device ids become file names, URL path segments and TUF target paths: a letter or
+#: digit, then up to 127 letters, digits, '.', '_' or '-' (no separators, no '..', nothing hidden)
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_NAME = re.compile(NAME_PATTERN)
+NAME_RULE = "1-128 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit, without '..'"
+
+
+def is_name(value: object) -> bool:
+    """Whether ``value`` is a safe model name or device id (see NAME_RULE)."""
+    return isinstance(value, str) and _NAME.fullmatch(value) is not None and ".." not in value
+
+
+def check_name(value: object, what: str, error: type[Exception] = ConfigError) -> str:
+    """``value`` if it is a safe name, else ``error`` saying what the rule is."""
+    if not is_name(value):
+        raise error(f"{what} {str(value)[:80]!r} is not a plain name: use {NAME_RULE}.")
+    return value  # type: ignore[return-value]
 
 
 class Bundle:

@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from edgeship.core.errors import RepoError
+from edgeship.bundle.format import manifest_identity
 from edgeship.core.files import atomic_write_bytes, atomic_writer, write_private
+from edgeship.ota.channel import CHANNELS, bundle_target, channel_target, check_index
 from edgeship.errors import ConfigError
 
 __all__ = ["RepoError", "RepoSettings", "init_repo", "publish", "set_rollout", "refresh_timestamp", "CHANNELS"]
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
-CHANNELS = ("stable", "canary")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,14 @@ class RepoSettings:
     targets_days: float = 90.0
     snapshot_days: float = 30.0
     timestamp_hours: float = 24.0
+
+    def __post_init__(self) -> None:
+        limits = {"root_days": 3650, "targets_days": 3650, "snapshot_days": 3650, "timestamp_hours": 24 * 3650}
+        for name, most in limits.items():
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= most:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a number of {name.rsplit('_', 1)[1]} in "
+                                  f"(0, {most}], got {value!r}; metadata must expire, and not in the past.")
 
     def expiry(self, role: str) -> _dt.datetime:
         delta = {"root": _dt.timedelta(days=self.root_days), "targets": _dt.timedelta(days=self.targets_days),
@@ -196,7 +205,7 @@ def init_repo(directory: Path | str, settings: RepoSettings | None = None) -> Pa
 
 
 def _channel_target(model: str, channel: str) -> str:
-    return f"{model}/{channel}.json"
+    return channel_target(model, channel, RepoError)
 
 
 def _read_index(repo: _Repo, targets: Any, model: str, channel: str) -> dict[str, Any]:
@@ -204,7 +213,18 @@ def _read_index(repo: _Repo, targets: Any, model: str, channel: str) -> dict[str
     if info is None:
         return {"model": model, "channel": channel, "releases": []}
     stored = repo.targets_dir / model / f"{info.hashes['sha256']}.{channel}.json"
-    return json.loads(stored.read_bytes())
+    try:
+        index = json.loads(stored.read_bytes())
+        check_index(index, model)
+    except (OSError, ValueError) as exc:
+        raise RepoError(f"the published index {model}/{channel}.json is damaged ({exc}); restore the repository "
+                        "folder from a backup.") from None
+    return index
+
+
+def _file_sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def publish(
@@ -216,10 +236,12 @@ def publish(
 ) -> dict[str, Any]:
     """Add a bundle to the repository and make it the newest release of its model on ``channel``.
 
-    With ``trusted_keys``, the bundle's signature and digests are checked first (the device
-    checks them again). Returns the channel index as published.
+    The bundle is checked first: format, types, member list and digests always; with
+    ``trusted_keys`` its signature too (the device checks everything again). A name and version
+    already published with other content, on any channel, is refused: the same release may be
+    promoted from one channel to another, never replaced. Returns the channel index as published.
     """
-    from edgeship.bundle.format import read_manifest
+    from edgeship.bundle.format import read_manifest, regular_file_size
     from edgeship.bundle.llm import LLM_FORMAT, bundle_format, read_llm_manifest
 
     if channel not in CHANNELS:
@@ -228,21 +250,28 @@ def publish(
         raise ConfigError(f"--rollout is a percentage of devices, in (0, 100], got {rollout}.")
     repo = _Repo(Path(directory))
     bundle = Path(bundle)
+    regular_file_size(bundle)
     if bundle_format(bundle) == LLM_FORMAT:  # large: the signed manifest, without reading the weights
         manifest = read_llm_manifest(bundle, trusted_keys)
     else:
         manifest = read_manifest(bundle, trusted_keys)
-    name, version = str(manifest["name"]), int(manifest["version"])
+    name, version = manifest_identity(manifest)
     targets = repo.load("targets")
     index = _read_index(repo, targets, name, channel)
     newest = max((r["version"] for r in index["releases"]), default=0)
     if version <= newest:
         raise RepoError(f"{name} v{version} is not newer than v{newest}, already on {channel}; versions only "
                         "increase (pack the model again with a higher --version).")
-    bundle_target = f"{name}/{name}-{version}.edgeship"
-    targets.signed.targets[bundle_target] = repo.add_target_stream(
-        bundle_target, bundle, {"edgeship": {"name": name, "version": version}})
-    index["releases"].append({"version": version, "target": bundle_target, "rollout": float(rollout),
+    target = bundle_target(name, version)
+    existing = targets.signed.targets.get(target)
+    if existing is None:
+        targets.signed.targets[target] = repo.add_target_stream(
+            target, bundle, {"edgeship": {"name": name, "version": version}})
+    elif existing.hashes.get("sha256") != _file_sha256(bundle):
+        on = [c for c in CHANNELS if any(r["version"] == version for r in _read_index(repo, targets, name, c)["releases"])]
+        raise RepoError(f"{name} v{version} is already published (on {', '.join(on) or 'another channel'}) with "
+                        "different content; a release is never replaced. Pack it again with a higher --version.")
+    index["releases"].append({"version": version, "target": target, "rollout": float(rollout),
                               "published": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
     index_target = _channel_target(name, channel)
     targets.signed.targets[index_target] = repo.add_target_file(index_target, json.dumps(index, indent=2).encode())
@@ -252,7 +281,7 @@ def publish(
 
 def set_rollout(directory: Path | str, model: str, version: int, percent: float, channel: str = "stable") -> dict:
     """Change the rollout percentage of a published release (e.g. 10 -> 50 -> 100)."""
-    if not 0 <= percent <= 100:
+    if not 0 <= percent <= 100:  # also refuses nan
         raise ConfigError(f"--percent must be within [0, 100], got {percent}.")
     repo = _Repo(Path(directory))
     targets = repo.load("targets")

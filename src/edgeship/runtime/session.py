@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgeship.bundle.format import BundleError, verify_bundle
+from edgeship.bundle.format import BundleError, matches_reference, verify_bundle
 from edgeship.core.errors import DataMismatchError, EdgeshipError
 from edgeship.core.rollback import record_accepted
 from edgeship.core.signature import missing_and_extra, shape_fits
@@ -144,7 +144,7 @@ class Runtime:
         expected = self.bundle.selftest["expected"]
         got = self._session.run(None, inputs)[0]
         tol = self.manifest["selftest"]
-        if got.shape != expected.shape or not np.allclose(got, expected, rtol=tol["rtol"], atol=tol["atol"]):
+        if not matches_reference(got, expected, tol):
             raise BundleError(
                 f"{self.manifest['name']} v{self.manifest['version']} failed its self-test: the output differs from "
                 f"the packed reference (max |diff| {float(np.abs(got - expected).max()):.3g}); not loading it."
