@@ -1,4 +1,5 @@
-"""Ed25519 signing keys and 256-bit content keys, as files."""
+"""Ed25519 signing keys and 256-bit content keys: as files, or in a PKCS#11 token (a URI
+``pkcs11:...`` instead of a path; see :mod:`edgeship.bundle.hsm`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 from edgeship.core.files import atomic_write_bytes, write_private
 from edgeship.core.errors import KeyFileError
 
-__all__ = ["generate_keys", "load_private_key", "load_public_keys", "load_content_key", "KeyFileError"]
+__all__ = ["generate_keys", "load_private_key", "load_public_keys", "load_content_key", "content_cipher", "write_public_key",
+           "KeyFileError"]
 
 
 def generate_keys(out_dir: Path | str, content_key: bool = False) -> dict[str, Path]:
@@ -28,11 +30,22 @@ def generate_keys(out_dir: Path | str, content_key: bool = False) -> dict[str, P
     key = Ed25519PrivateKey.generate()
     write_private(paths["private"], key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                        serialization.NoEncryption()))
-    atomic_write_bytes(paths["public"], key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
+    write_public_key(paths["public"], key.public_key())
     if content_key:
         write_private(paths["content"], os.urandom(32))
     return paths
+
+
+def write_public_key(path: Path, public_key) -> Path:  # type: ignore[no-untyped-def]
+    """signing.pub (PEM), refusing to overwrite one."""
+    from cryptography.hazmat.primitives import serialization
+
+    if path.exists():
+        raise KeyFileError(f"{str(path)!r} already exists; choose another --out or move it away.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, public_key.public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path
 
 
 def _read(path: Path | str, what: str) -> bytes:
@@ -43,9 +56,14 @@ def _read(path: Path | str, what: str) -> bytes:
 
 
 def load_private_key(path: Path | str):  # type: ignore[no-untyped-def]
+    """The signing key: an Ed25519 PEM file, or a key in a PKCS#11 token (anything with ``sign(data)``)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    if _is_uri(path):
+        from edgeship.bundle.hsm import TokenSigner
+
+        return TokenSigner(str(path))
     try:
         key = serialization.load_pem_private_key(_read(path, "signing key"), password=None)
     except ValueError:
@@ -75,8 +93,26 @@ def load_public_keys(paths: list[Path | str] | Path | str):  # type: ignore[no-u
     return keys
 
 
-def load_content_key(path: Path | str) -> bytes:
+def _is_uri(path: Path | str) -> bool:
+    return str(path).startswith("pkcs11:")
+
+
+def load_content_key(path: Path | str):  # type: ignore[no-untyped-def]
+    """The content key: 32 bytes from a file, or a key in a PKCS#11 token that decrypts in place."""
+    if _is_uri(path):
+        from edgeship.bundle.hsm import TokenContentKey
+
+        return TokenContentKey(str(path))
     data = _read(path, "content key")
     if len(data) != 32:
         raise KeyFileError(f"{str(path)!r} holds {len(data)} bytes; a content key is 32 bytes (`edgeship keygen --content-key`).")
     return data
+
+
+def content_cipher(key):  # type: ignore[no-untyped-def]
+    """Something with AESGCM's ``decrypt(nonce, data, aad)`` for a content key: raw bytes, or a token key."""
+    if hasattr(key, "decrypt"):
+        return key
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)

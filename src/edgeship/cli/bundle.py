@@ -19,17 +19,42 @@ DecryptKey = Annotated[Optional[Path], typer.Option("--decrypt-key", help="conte
 def keygen(
     out: Annotated[Path, typer.Option("--out", help="Folder for signing.key (mode 0600) and signing.pub.")],
     content_key: Annotated[bool, typer.Option("--content-key", help="Also write content.key, 256 bits for encryption.")] = False,
+    pkcs11: Annotated[Optional[str], typer.Option("--pkcs11", help="Make the signing key inside this PKCS#11 token (pkcs11:token=...;object=...?module-path=...); only signing.pub is written.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the key paths as JSON.")] = False,
 ) -> None:
-    """Make an Ed25519 signing key pair (and, on request, a content key)."""
+    """Make an Ed25519 signing key pair (and, on request, a content key), in files or in a PKCS#11 token."""
     from edgeship.bundle.keys import generate_keys
 
-    paths = guard(lambda: generate_keys(out, content_key))
+    def make() -> dict[str, Any]:
+        if pkcs11 is None:
+            return generate_keys(out, content_key)
+        from edgeship.bundle.hsm import generate_signing_key
+        from edgeship.bundle.keys import write_public_key
+
+        if content_key:
+            raise ConfigError("--content-key with --pkcs11: make content.key in a file, then put it into each "
+                              "device's token with `edgeship provision-key`.")
+        return {"private": pkcs11, "public": write_public_key(out / "signing.pub", generate_signing_key(pkcs11))}
+
+    paths = guard(make)
     if as_json:
         print_json({k: str(v) for k, v in paths.items()})
         return
     for kind, path in paths.items():
         console.print(f"{kind:8s} {path}", highlight=False)
+
+
+def provision_key(
+    content_key: Annotated[Path, typer.Argument(help="content.key (from `edgeship keygen --content-key`).")],
+    pkcs11: Annotated[str, typer.Option("--pkcs11", help="The device's token and the key's label: pkcs11:token=...;object=...?module-path=...")],
+) -> None:
+    """Put a content key into a device's PKCS#11 token (sensitive, not extractable, decrypt only); then
+    give --decrypt-key the same URI instead of a file."""
+    from edgeship.bundle.hsm import import_content_key
+    from edgeship.bundle.keys import load_content_key
+
+    guard(lambda: import_content_key(pkcs11, load_content_key(content_key)))
+    console.print("content key stored in the token; the file can now be removed from the device", highlight=False)
 
 
 def _read_labels(labels: Path | None) -> list[str] | None:
@@ -178,3 +203,4 @@ def register(app: typer.Typer, build: bool) -> None:
         app.command()(pack)
     app.command()(verify)
     app.command()(run)
+    app.command("provision-key")(provision_key)
