@@ -40,18 +40,21 @@ from pathlib import Path
 from typing import Any
 
 from edgeship.core.files import atomic_write_bytes, fsync_dir
-from edgeship.bundle.format import BundleError, verify_bundle
+from edgeship.bundle.format import BundleError, matches_reference, verify_bundle
 from edgeship.bundle.llm import LLM_FORMAT, bundle_format, verify_llm_bundle
 from edgeship.core.names import BUNDLE_SUFFIX, StateDir
 from edgeship.core.rollback import record_accepted
+from edgeship.ota.channel import channel_target, check_index
 from edgeship.errors import ConfigError, EdgeshipError
 
-__all__ = ["AgentConfig", "Agent", "UpdateResult", "STEPS", "rollout_bucket"]
+__all__ = ["AgentConfig", "Agent", "UpdateResult", "STEPS", "rollout_bucket", "backoff_s"]
 
 STEPS = ("download", "verify", "install", "switch", "self-test", "health", "commit")
 SLOTS = StateDir.SLOT_NAMES
 log = logging.getLogger(__name__)
 HISTORY = 50
+MAX_BACKOFF_S = 3600.0
+MAX_ANSWER_BYTES = 64 << 20  # a health answer larger than this is not the self-test's output
 
 
 def rollout_bucket(device_id: str, model: str) -> float:
@@ -63,6 +66,17 @@ def rollout_bucket(device_id: str, model: str) -> float:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
+
+
+def backoff_s(interval: float, failures: int) -> float:
+    """The wait before the next check after ``failures`` failed checks in a row: the interval,
+    doubled per failure, capped at the larger of the interval and an hour."""
+    return min(interval * 2 ** min(failures, 20), max(interval, MAX_BACKOFF_S))
 
 
 def _pause(step: str) -> None:
@@ -83,6 +97,7 @@ class AgentConfig:
     device_id: str | None = None
     health_url: str | None = None  # the local `edgeship serve` that serves this state directory
     fleet_url: str | None = None
+    fleet_token: str | None = None  # this device's token, from `edgeship fleet enroll DEVICE`
     health_timeout_s: float = 30.0
     threads: int = 1
 
@@ -112,6 +127,7 @@ class Agent:
         self.config = config
         self.dir = Path(config.state_dir)
         self.layout = StateDir(self.dir)
+        self.step = "start"  # the update step under way, named in last_error when something fails
         self.dir.mkdir(parents=True, exist_ok=True)
         for sub in (self.layout / StateDir.TUF, self.layout / StateDir.DOWNLOADS,
                     *(self.layout.slot(s) for s in StateDir.SLOT_NAMES)):
@@ -158,16 +174,40 @@ class Agent:
         atomic_write_bytes(path, device_id.encode())
         return device_id
 
+    def _fresh_state(self) -> dict[str, Any]:
+        return {"model": self.config.model, "active": None, "versions": {}, "pending": None,
+                "last_error": None, "failed_versions": [], "history": []}
+
     def _load_state(self) -> dict[str, Any]:
         path = self.layout / StateDir.AGENT_STATE
         if not path.is_file():
-            return {"model": self.config.model, "active": None, "versions": {}, "pending": None,
-                    "last_error": None, "failed_versions": [], "history": []}
+            return self._fresh_state()
         try:
-            return json.loads(path.read_text())
-        except ValueError:
-            raise EdgeshipError(f"{str(path)!r} is corrupt; the agent writes it atomically, so the disk or "
-                                "someone else damaged it. Restore it or remove the state directory.") from None
+            state = json.loads(path.read_text())
+            if not isinstance(state, dict) or not isinstance(state.get("versions"), dict) \
+                    or not isinstance(state.get("history"), list) or not isinstance(state.get("failed_versions"), list):
+                raise ValueError("not an agent state")
+            return state
+        except (ValueError, OSError) as exc:  # damaged by the disk or a person: rebuild it, never stop
+            return self._rebuilt_state(path, exc)
+
+    def _rebuilt_state(self, path: Path, exc: Exception) -> dict[str, Any]:
+        """State rebuilt from what the slots hold (``current`` only ever points at a verified slot);
+        the damaged file is kept beside it for a person to look at."""
+        from edgeship.bundle.format import read_manifest
+
+        os.replace(path, path.with_name(f"{path.name}.damaged"))
+        state = self._fresh_state()
+        for slot in SLOTS:
+            try:
+                state["versions"][slot] = int(read_manifest(self.bundle_path(slot), self.config.trusted_keys)["version"])
+            except (EdgeshipError, OSError):
+                continue
+        active = self.current_slot()
+        state["active"] = active if active in state["versions"] else None
+        state["last_error"] = f"state: {path.name} was unreadable ({_first_line(exc)}); rebuilt from the slots"
+        log.warning("%s", state["last_error"])
+        return state
 
     def _save_state(self) -> None:
         self.state["history"] = self.state["history"][-HISTORY:]
@@ -231,23 +271,49 @@ class Agent:
 
     # -- one check ---------------------------------------------------------------------
     def check_once(self) -> UpdateResult:
-        recovered = self.recover()
+        """One check. It never raises for a failure of the update: whatever goes wrong (the network,
+        the repository, the bundle, the disk, the server's answer), the previous model keeps
+        serving and the reason is kept in ``last_error`` and reported."""
+        recovered, self.step = None, "recover"
         try:
+            recovered = self.recover()
+            self.step = "download"
             result = self._update()
         except _StepError as exc:
-            self.state["last_error"] = f"{exc.step}: {exc.reason}"
-            self._event("refused", None, self.state["last_error"])
-            self._save_state()
-            result = UpdateResult("refused", self.active_version, f"update refused at {exc.step}: {exc.reason}")
+            result = self._refused(exc)
+        except Exception as exc:  # noqa: BLE001 - the agent outlives any failure; the reason is recorded
+            log.debug("update failed at %s", self.step, exc_info=True)
+            result = self._refused(_StepError(self.step, _first_line(exc)))
         if recovered:
             result.details["recovered"] = recovered
         self.report(result)
         return result
 
+    def _refused(self, exc: _StepError) -> UpdateResult:
+        self._clean_downloads()
+        self.state["last_error"] = f"{exc.step}: {exc.reason}"
+        self._event("refused", None, self.state["last_error"])
+        try:
+            self._save_state()
+        except OSError as save_error:  # a full disk, say: the reason still goes to the fleet and the log
+            log.warning("cannot record the agent's state: %s", save_error)
+        return UpdateResult("refused", self.active_version, f"update refused at {exc.step}: {exc.reason}")
+
+    def _clean_downloads(self) -> None:
+        for leftover in (self.layout / StateDir.DOWNLOADS).glob("*"):
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(leftover, ignore_errors=True)
+
     def _choose(self, index: dict[str, Any]) -> tuple[dict[str, Any] | None, list[int]]:
         """(the newest release for this device that has not failed here, newer ones that did)."""
+        try:
+            releases = check_index(index, self.config.model)
+        except ValueError as exc:
+            raise _StepError("download", f"the signed channel index is malformed: {exc}") from None
         bucket = rollout_bucket(self.device_id, self.config.model)
-        eligible = [r for r in index.get("releases", []) if isinstance(r, dict) and bucket < float(r.get("rollout", 0))]
+        eligible = [r for r in releases if bucket < r["rollout"]]
         failed = set(self.state["failed_versions"])
         good = [r for r in eligible if int(r["version"]) not in failed]
         best = max(good, key=lambda r: int(r["version"]), default=None)
@@ -274,7 +340,7 @@ class Agent:
             updater = Updater(str(self.layout / StateDir.TUF), f"{base}/metadata/", str(self.layout / StateDir.DOWNLOADS),
                               f"{base}/targets/", bootstrap=self.root_bytes)
             updater.refresh()
-            index_info = updater.get_targetinfo(f"{cfg.model}/{cfg.channel}.json")
+            index_info = updater.get_targetinfo(channel_target(cfg.model, cfg.channel))
             if index_info is None:
                 return UpdateResult("up-to-date", self.active_version,
                                     f"{cfg.model} has no release on {cfg.channel} yet")
@@ -300,6 +366,7 @@ class Agent:
     def _verify_download(self, download: Path, version: int) -> None:
         """The downloaded bundle, checked as `verify` does; a refused version is remembered and skipped later."""
         cfg = self.config
+        self.step = "verify"
         _pause("verify")
         try:
             if bundle_format(download) == LLM_FORMAT:  # streamed into a scratch folder, then discarded
@@ -324,19 +391,22 @@ class Agent:
         """Install into the inactive slot, record the pending switch, switch, self-test and health-check;
         commit, or roll back with the reason."""
         slot = next(s for s in SLOTS if s != self.state.get("active")) if self.state.get("active") else "a"
+        self.step = "install"
         self._install(download, slot)
         download.unlink(missing_ok=True)
         self.state["pending"] = {"slot": slot, "version": version, "step": "switch", "since": _now()}
         self._save_state()
         previous = self.state.get("active")
+        self.step = "switch"
         self._switch(slot, pause=True)
         try:
             self._check_live(slot, version)
-        except _StepError as exc:
-            self._roll_back(slot, version, exc)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the new slot does not stay live
+            failure = exc if isinstance(exc, _StepError) else _StepError(self.step, _first_line(exc))
+            self._roll_back(slot, version, failure)
+            said = f"v{version} failed its {failure.step}: {failure.reason}"
             return UpdateResult("rolled-back", self.active_version,
-                                f"v{version} failed its {exc.step}: {exc.reason}; rolled back to "
-                                f"v{self.active_version}" if previous else f"v{version} failed its {exc.step}: {exc.reason}")
+                                f"{said}; rolled back to v{self.active_version}" if previous else said)
         self._commit(slot, version)
         return UpdateResult("updated", version, f"{self.config.model} updated to v{version} (slot {slot})")
 
@@ -359,6 +429,7 @@ class Agent:
         """Self-test the slot's bundle, then the running server's answer, if there is a server."""
         from edgeship.runtime import Runtime
 
+        self.step = "self-test"
         _pause("self-test")
         cfg = self.config
         if bundle_format(self.bundle_path(slot)) == LLM_FORMAT:
@@ -370,6 +441,7 @@ class Agent:
         except BundleError as exc:
             raise _StepError("self-test", str(exc)) from None
         if cfg.health_url:
+            self.step = "health"
             _pause("health")
             self._health(runtime, version)
 
@@ -420,10 +492,10 @@ class Agent:
         while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(f"{base}/v2/models/{model}", timeout=5) as response:
-                    serving = json.loads(response.read()).get("versions", [])
-                if str(version) in serving:
+                    serving = json.loads(response.read(1 << 20)).get("versions", [])
+                if isinstance(serving, list) and str(version) in serving:
                     break
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, AttributeError) as exc:  # down, restarting, or not an OIP answer yet
                 log.debug("health check of %s: %s", base, exc)
             time.sleep(0.2)
         else:
@@ -436,18 +508,21 @@ class Agent:
                                        "data": v.reshape(-1).tolist()} for k, v in inputs.items()]}).encode()
         request = urllib.request.Request(f"{base}/v2/models/{model}/versions/{version}/infer", data=body,
                                          headers={"Content-Type": "application/json"})
+        expected = runtime.bundle.selftest["expected"]
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
-                answer = json.loads(response.read())
-        except (OSError, ValueError) as exc:
-            raise _StepError("health", f"the server's inference failed: {exc}") from None
-        expected = runtime.bundle.selftest["expected"]
-        got = np.asarray(answer["outputs"][0]["data"], dtype=np.float64).reshape(expected.shape)
+                raw = response.read(MAX_ANSWER_BYTES + 1)
+            if len(raw) > MAX_ANSWER_BYTES:
+                raise ValueError(f"the answer is over {MAX_ANSWER_BYTES} bytes")
+            got = np.asarray(json.loads(raw)["outputs"][0]["data"], dtype=np.float64).reshape(expected.shape)
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+            raise _StepError("health", f"the server's inference answer is unusable: {_first_line(exc)}") from None
         tol = runtime.manifest["selftest"]
-        if not np.allclose(got, expected, rtol=tol["rtol"], atol=tol["atol"]):
+        if not matches_reference(got, expected, tol):
             raise _StepError("health", "the server's answer to the self-test input differs from the bundle's")
 
     def _commit(self, slot: str, version: int) -> None:
+        self.step = "commit"
         _pause("commit")
         self.state["versions"][slot] = version
         self.state["active"] = slot
@@ -484,24 +559,31 @@ class Agent:
     def report(self, result: UpdateResult) -> None:
         if not self.config.fleet_url:
             return
-        import urllib.request
+        from edgeship.ota.fleet_client import send_report
 
-        payload = {**self.status(), "health": "ok" if result.ok else result.status, "message": result.message}
-        request = urllib.request.Request(f"{self.config.fleet_url.rstrip('/')}/v1/reports",
-                                         data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+        payload = {**self.status(), "health": "ok" if result.ok else result.status, "message": result.message[:2000]}
+        payload.pop("pending")
+        if payload["last_error"]:
+            payload["last_error"] = payload["last_error"][:2000]
         try:
-            urllib.request.urlopen(request, timeout=10).close()
-        except OSError as exc:  # the fleet service being down must not stop updates
-            log.warning("fleet report to %s failed: %s", self.config.fleet_url, exc)
+            send_report(self.config.fleet_url, self.config.fleet_token or "", payload)
+        except EdgeshipError as exc:  # the fleet service being down or refusing must not stop updates
+            log.warning("%s", exc)
 
-    def run(self, interval: float | None, on_result: Any = None) -> UpdateResult:
-        """Check once (``interval`` None) or forever, every ``interval`` seconds with +-10% jitter."""
+    def run(self, interval: float | None, on_result: Any = None, sleep: Any = time.sleep,
+            checks: int | None = None) -> UpdateResult:
+        """Check once (``interval`` None) or every ``interval`` seconds (+-10% jitter) for ever, or
+        ``checks`` times. After a failed check the wait doubles, up to an hour (or the interval, if
+        longer), and falls back to the interval after a good one. Nothing an update does stops it."""
         import random
 
+        failures, done = 0, 0
         while True:
             result = self.check_once()
+            done += 1
             if on_result is not None:
                 on_result(result)
-            if interval is None:
+            if interval is None or (checks is not None and done >= checks):
                 return result
-            time.sleep(interval * random.uniform(0.9, 1.1))
+            failures = 0 if result.ok else failures + 1
+            sleep(backoff_s(interval, failures) * random.uniform(0.9, 1.1))
