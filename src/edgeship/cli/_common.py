@@ -13,7 +13,7 @@ from rich.console import Console
 
 from edgeship.core.errors import EdgeshipError
 
-__all__ = ["console", "err_console", "guard", "progress_runner", "print_json", "setup_logging", "log"]
+__all__ = ["console", "err_console", "guard", "shown", "progress_runner", "print_json", "setup_logging", "log"]
 
 # Piped output (logs, CI) has no terminal width; give tables room instead of folding them.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -32,13 +32,22 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     root.propagate = False
 
 
+def shown(value: object) -> str:
+    """``value`` as text safe to print with rich markup on: markup escaped, and control characters
+    (a terminal escape sequence sent by a device, say) written as \\xNN instead of obeyed."""
+    from rich.markup import escape
+
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(value))
+    return escape(text)
+
+
 def guard(fn: Callable[[], Any]) -> Any:
     """Run ``fn``; turn a user-facing error into one line on stderr and exit status 2."""
     try:
         return fn()
     except EdgeshipError as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
-        err_console.print(f"[bold red]error:[/] {first}", highlight=False, soft_wrap=True, markup=True)
+        err_console.print(f"[bold red]error:[/] {shown(first)}", highlight=False, soft_wrap=True, markup=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -49,7 +58,7 @@ def guard(fn: Callable[[], Any]) -> Any:
         log.debug("internal error", exc_info=True)
         first = (str(exc).strip().splitlines() or [""])[0]
         err_console.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {first} (set EDGESHIP_DEBUG=1 or -vv for a traceback)",
+            f"[bold red]internal error:[/] {type(exc).__name__}: {shown(first)} (set EDGESHIP_DEBUG=1 or -vv for a traceback)",
             highlight=False, soft_wrap=True,
         )
         raise typer.Exit(1) from None

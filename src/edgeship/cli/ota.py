@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -9,10 +11,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich import box
-from rich.markup import escape
 from rich.table import Table
 
-from edgeship.cli._common import console, err_console, guard, print_json
+from edgeship.cli._common import console, err_console, guard, print_json, shown
 
 __all__ = ["register"]
 
@@ -107,6 +108,7 @@ def agent(
     device_id: Annotated[Optional[str], typer.Option("--device-id", help="Default: generated once and kept in the state dir.")] = None,
     health_url: Annotated[Optional[str], typer.Option("--health-url", help="The local `edgeship serve STATE_DIR`, checked after each switch.")] = None,
     fleet_url: Annotated[Optional[str], typer.Option("--fleet-url", help="`edgeship fleet serve` to report to.")] = None,
+    fleet_token_file: Annotated[Optional[Path], typer.Option("--fleet-token-file", help="This device's fleet token (from `edgeship fleet enroll DEVICE`).")] = None,
     interval: Annotated[Optional[float], typer.Option("--interval", help="Check every S seconds (with 10% jitter).")] = None,
     once: Annotated[bool, typer.Option("--once", help="Check once and exit (status 1 if an update was refused).")] = False,
 ) -> None:
@@ -116,66 +118,103 @@ def agent(
     if once == (interval is not None):
         err_console.print("[bold red]error:[/] give exactly one of --once or --interval S.", highlight=False)
         raise typer.Exit(2)
+    if interval is not None and not (math.isfinite(interval) and 1 <= interval <= 7 * 86400):
+        err_console.print(f"[bold red]error:[/] --interval is seconds between checks, 1 to 604800; got {interval}.",
+                          highlight=False)
+        raise typer.Exit(2)
+    if (fleet_url is None) != (fleet_token_file is None):
+        err_console.print("[bold red]error:[/] --fleet-url and --fleet-token-file go together (the fleet service "
+                          "takes reports only with the device's token).", highlight=False)
+        raise typer.Exit(2)
 
     def show(result: Any) -> None:
         recovered = result.details.get("recovered")
         if recovered:
             console.print(f"recovered: {recovered}", highlight=False, markup=False)
         style = "green" if result.status in ("updated", "up-to-date") else "bold red"
-        console.print(f"[{style}]{result.status}[/]: {escape(result.message)}", highlight=False)
+        console.print(f"[{style}]{result.status}[/]: {shown(result.message)}", highlight=False)
         sys.stdout.flush()
 
     def work() -> Any:
         from edgeship.bundle.keys import load_content_key, load_public_keys
+        from edgeship.core.http import read_token_file
 
         config = AgentConfig(repo_url, root, state_dir, model, load_public_keys(list(trust)),
                              load_content_key(decrypt_key) if decrypt_key else None, channel.value, device_id,
-                             health_url, fleet_url)
+                             health_url, fleet_url, read_token_file(fleet_token_file))
         return Agent(config).run(interval, on_result=show)
 
     result = guard(work)
     raise typer.Exit(0 if result.ok else 1)
 
 
+DbOption = Annotated[str, typer.Option("--db", help="Where reports and device credentials live: an SQLite file, or postgresql://user@host/db.")]
+
+
+@fleet_app.command("enroll")
+def fleet_enroll(
+    device: Annotated[str, typer.Argument(help="The device id (the agent's --device-id).")],
+    db: DbOption = "fleet.sqlite",
+) -> None:
+    """Issue DEVICE's token and print it (give it to the device's agent as --fleet-token-file).
+    Enrolling again replaces the token; the old one stops working."""
+    from edgeship.ota.fleet_store import open_store
+
+    token = guard(lambda: open_store(db).enroll(device))
+    print(token)
+
+
 @fleet_app.command("serve")
 def fleet_serve(
-    db: Annotated[Path, typer.Option("--db", help="SQLite file for the reports.")] = Path("fleet.sqlite"),
+    operator_token_file: Annotated[Path, typer.Option("--operator-token-file", help="The operator's token; a new one is written there (0600) if the file does not exist.")],
+    db: DbOption = "fleet.sqlite",
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8100,
 ) -> None:
-    """Receive agents' reports (POST /v1/reports) and serve them (GET /v1/devices)."""
-    import uvicorn
+    """Receive agents' reports (POST /v1/reports, device tokens) and serve them (GET /v1/devices, the operator's token)."""
+    from edgeship.core.http import bind, read_token_file, run_app
+    from edgeship.ota.fleet import create_fleet_app, new_operator_token
 
-    from edgeship.ota.fleet import create_fleet_app
+    def start() -> Any:
+        if not operator_token_file.exists():
+            from edgeship.core.files import write_private
 
-    app_ = guard(lambda: create_fleet_app(db))
-    console.print(f"fleet status on http://{host}:{port}/v1/devices (reports in {db})", highlight=False)
+            write_private(operator_token_file, (new_operator_token() + "\n").encode())
+            console.print(f"wrote a new operator token to {operator_token_file}", highlight=False, markup=False)
+        return create_fleet_app(db, read_token_file(operator_token_file)), bind(host, port)
+
+    app_, sock = guard(start)
+    where = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", db)  # a URL's password is not printed
+    console.print(f"fleet status on http://{host}:{sock.getsockname()[1]}/v1/devices, dashboard at /dashboard "
+                  f"(reports in {where})", highlight=False, markup=False)
     sys.stdout.flush()
-    uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False)
+    run_app(app_, sock, graceful_timeout_s=10)
 
 
 @fleet_app.command("status")
 def fleet_status(
+    token_file: Annotated[Path, typer.Option("--token-file", help="The operator's token (fleet serve --operator-token-file).")],
     url: Annotated[str, typer.Option("--url", help="The fleet service.")] = "http://127.0.0.1:8100",
     model: Annotated[Optional[str], typer.Option("--model", help="Only this model.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Print every device's model, version, slot, health and last error."""
-    from edgeship.ota.fleet import fetch_status
+    from edgeship.core.http import read_token_file
+    from edgeship.ota.fleet_client import fetch_status
 
-    rows = guard(lambda: fetch_status(url, model))
+    rows = guard(lambda: fetch_status(url, read_token_file(token_file), model))
     if as_json:
         print_json(rows)
         return
     table = Table(title=f"fleet: {len(rows)} device(s)", title_justify="left", box=box.SIMPLE_HEAD)
     for column in ("device", "model", "channel", "version", "slot", "health", "last error", "reported"):
         table.add_column(column, no_wrap=column != "last error")
-    for r in rows:  # every field a device sent is escaped: rich markup in it is shown, never obeyed
-        health = escape(str(r.get("health") or ""))
-        table.add_row(escape(str(r["device_id"])), escape(str(r["model"])), escape(str(r.get("channel") or "")),
-                      escape(str(r.get("version") or "-")), escape(str(r.get("slot") or "-")),
+    for r in rows:  # every field a device sent is shown, never obeyed (rich markup, terminal escapes)
+        health = shown(r.get("health") or "")
+        table.add_row(shown(r["device_id"]), shown(r["model"]), shown(r.get("channel") or ""),
+                      shown(r.get("version") or "-"), shown(r.get("slot") or "-"),
                       f"[green]{health}[/]" if health == "ok" else f"[red]{health}[/]",
-                      escape(str(r.get("last_error") or "")), escape(str(r.get("reported_at") or "")))
+                      shown(r.get("last_error") or ""), shown(r.get("reported_at") or ""))
     console.print(table)
 
 
