@@ -34,10 +34,18 @@ def _app() -> FastAPI:
     return app
 
 
+@pytest.fixture(params=["httptools", "h11"])
+def parser(request) -> str:
+    """Both of uvicorn's HTTP parsers: httptools with the `fast` extra, h11 without."""
+    if request.param == "httptools":
+        pytest.importorskip("httptools")
+    return request.param
+
+
 @contextlib.contextmanager
-def guarded(limits: ConnectionLimits) -> Iterator[int]:
+def guarded(limits: ConnectionLimits, parser: str) -> Iterator[int]:
     sock = bind("127.0.0.1", 0)
-    server = make_server(_app(), 5.0, limits)
+    server = make_server(_app(), 5.0, limits, parser)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -64,17 +72,17 @@ def _until_closed(s: socket.socket) -> bytes:
 SHORT = ConnectionLimits(head_timeout_s=0.5, body_timeout_s=0.5, max_head_bytes=4096, max_connections=1000)
 
 
-def test_a_connection_that_sends_nothing_is_closed():
-    with guarded(SHORT) as port, _connect(port) as s:
+def test_a_connection_that_sends_nothing_is_closed(parser):
+    with guarded(SHORT, parser) as port, _connect(port) as s:
         assert _until_closed(s).startswith(b"HTTP/1.1 408")
 
 
 @pytest.mark.parametrize("where", ["head", "body"])
-def test_a_request_that_trickles_in_is_closed_however_the_bytes_arrive(where):
+def test_a_request_that_trickles_in_is_closed_however_the_bytes_arrive(where, parser):
     """A byte every 0.1 s keeps the connection busy but never finishes the request."""
     request = (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" if where == "body"
                else b"POST /echo HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-    with guarded(SHORT) as port, _connect(port) as s:
+    with guarded(SHORT, parser) as port, _connect(port) as s:
         s.sendall(request)
         closed = threading.Event()
 
@@ -96,23 +104,23 @@ def test_a_request_that_trickles_in_is_closed_however_the_bytes_arrive(where):
 
 
 @pytest.mark.parametrize("end", [b"\r\n\r\n", b""])  # a whole head, and one that never ends
-def test_an_oversize_head_gets_431(end):
-    with guarded(SHORT) as port, _connect(port) as s:
+def test_an_oversize_head_gets_431(end, parser):
+    with guarded(SHORT, parser) as port, _connect(port) as s:
         s.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + end)
         assert _until_closed(s).startswith(b"HTTP/1.1 431")
 
 
-def test_keep_alive_requests_still_work_under_the_guard():
-    with guarded(SHORT) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+def test_keep_alive_requests_still_work_under_the_guard(parser):
+    with guarded(SHORT, parser) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
         for size in (0, 10, 60000):
             assert client.post("/echo", content=b"x" * size).json() == {"bytes": size}
         assert client.post("/echo", content=b"x" * 70000).status_code == 413
 
 
-def test_a_flood_of_idle_connections_does_not_lock_clients_out():
+def test_a_flood_of_idle_connections_does_not_lock_clients_out(parser):
     """All from 127.0.0.1, like the flood: past the cap, the oldest idle connections make way."""
     limits = ConnectionLimits(head_timeout_s=60, body_timeout_s=60, max_head_bytes=4096, max_connections=50)
-    with guarded(limits) as port:
+    with guarded(limits, parser) as port:
         flood = [_connect(port) for _ in range(300)]
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=FAIL_AFTER_S) as client:

@@ -157,11 +157,25 @@ LINGER_S = 2.0  # how long the rest of a refused body is read and dropped
 LINGER_BYTES = 4 << 20  # and how much of it
 
 
-def guarded_protocol(limits: ConnectionLimits) -> type:
-    """uvicorn's httptools protocol with ``limits`` enforced (pass it as ``uvicorn.Config(http=...)``)."""
+def guarded_protocol(limits: ConnectionLimits, parser: str | None = None) -> type:
+    """uvicorn's HTTP protocol with ``limits`` enforced (pass it as ``uvicorn.Config(http=...)``).
+
+    ``parser``: "httptools" (the ``fast`` extra) or "h11"; by default httptools when installed,
+    as uvicorn chooses. The guard watches only what both share: bytes arriving, the request
+    cycle uvicorn starts once a head is complete, and that cycle's ``more_body``."""
     import collections
 
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    if parser is None:
+        try:
+            import httptools  # noqa: F401
+
+            parser = "httptools"
+        except ImportError:
+            parser = "h11"
+    if parser == "httptools":
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Base
 
     idle: collections.OrderedDict[Any, None] = collections.OrderedDict()  # no request under way, oldest first
 
@@ -186,11 +200,11 @@ def guarded_protocol(limits: ConnectionLimits) -> type:
             p.flow.resume_reading()
             p._arm(LINGER_S, "")
 
-    class Guarded(HttpToolsProtocol):
+    class Guarded(Base):  # type: ignore[misc, valid-type]
         def connection_made(self, transport: Any) -> None:
             self._timer: Any = None
-            self._head_bytes, self._raw_head, self._in_body, self._lingering, self._dropped = 0, 0, False, False, 0
-            self._refused = False
+            self._raw_head, self._in_body, self._lingering, self._dropped = 0, False, False, 0
+            self._seen: Any = None  # the request cycle last seen start
             super().connection_made(Lingering(transport, self))
             self._await_head()
             live = sum(1 for c in self.connections if not c.transport.is_closing())
@@ -204,7 +218,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type:
 
         def _await_head(self) -> None:
             idle[self] = None
-            self._head_bytes = self._raw_head = 0
+            self._raw_head = 0
             self._arm(limits.head_timeout_s, "the request head did not arrive in time")
 
         def _arm(self, seconds: float, why: str) -> None:
@@ -212,11 +226,14 @@ def guarded_protocol(limits: ConnectionLimits) -> type:
                 self._timer.cancel()
             self._timer = self.loop.call_later(seconds, self._close, 408, f"{why}; closing the connection.")
 
-        def _close(self, status: int, message: str) -> None:
-            idle.pop(self, None)
+        def _disarm(self) -> None:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+
+        def _close(self, status: int, message: str) -> None:
+            idle.pop(self, None)
+            self._disarm()
             if self._lingering:
                 self.transport._transport.close()
                 return
@@ -228,7 +245,9 @@ def guarded_protocol(limits: ConnectionLimits) -> type:
                           503: b"Service Unavailable"}[status]
                 self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                                      b"connection: close\r\n\r\n" % (status, reason, len(body)) + body)
-            self.transport.close()
+            if self.cycle is not None:
+                self.cycle.keep_alive = False
+            self.transport._transport.close()
 
         def data_received(self, data: bytes) -> None:
             if self._lingering:  # the answer is out: drop the rest of the body, up to a bound
@@ -236,60 +255,36 @@ def guarded_protocol(limits: ConnectionLimits) -> type:
                 if self._dropped > LINGER_BYTES:
                     self.transport._transport.close()
                 return
-            if self._refused:
-                return
-            if self in idle:  # a head that never ends is bounded in bytes received, as well as in time
+            if self in idle:  # a head is bounded in bytes received, as well as in time
                 self._raw_head += len(data)
             super().data_received(data)
-            if self in idle and self._raw_head > 2 * limits.max_head_bytes:
-                self._refuse_head()
-
-        def _refuse_head(self) -> None:
-            self._refused = True
-            self._close(431, f"the request head is over {limits.max_head_bytes} bytes.")
-
-        def on_url(self, url: bytes) -> None:
-            self._head_bytes += len(url)
-            super().on_url(url)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._head_bytes += len(name) + len(value) + 4
-            super().on_header(name, value)
-
-        def on_body(self, body: bytes) -> None:
-            if not self._refused:
-                super().on_body(body)
-
-        def on_headers_complete(self) -> None:
-            if self._head_bytes > limits.max_head_bytes:  # the app never sees it
-                self._refuse_head()
-                return
-            idle.pop(self, None)
-            self._in_body = True
-            self._arm(limits.body_timeout_s, "the request body did not arrive in time")
-            super().on_headers_complete()
-
-        def on_message_complete(self) -> None:
-            if self._refused:
-                return
-            self._in_body = False
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            super().on_message_complete()
+            cycle = self.cycle
+            if cycle is not None and cycle is not self._seen:  # a head was completed: a request starts
+                self._seen = cycle
+                idle.pop(self, None)
+                head = len(cycle.scope.get("raw_path", b"")) + sum(len(k) + len(v) + 4 for k, v in cycle.scope["headers"])
+                if head > limits.max_head_bytes:
+                    self._close(431, f"the request head is over {limits.max_head_bytes} bytes.")
+                    return
+                self._in_body = True
+                self._arm(limits.body_timeout_s, "the request body did not arrive in time")
+            if self._in_body and cycle is not None and not cycle.more_body:  # the body is all in
+                self._in_body = False
+                self._disarm()
+            if self in idle and self._raw_head > 2 * limits.max_head_bytes and not self.transport.is_closing():
+                self._close(431, f"the request head is over {limits.max_head_bytes} bytes.")
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if not self.transport.is_closing():
+            if not self.transport.is_closing() and not self._lingering:
                 self._await_head()  # the next request's head (uvicorn's keep-alive timeout still applies)
 
         def connection_lost(self, exc: Exception | None) -> None:
             idle.pop(self, None)
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._disarm()
             super().connection_lost(exc)
 
+    Guarded.__name__ = f"Guarded{Base.__name__}"
     return Guarded
 
 
@@ -308,8 +303,10 @@ def raise_open_file_limit() -> int:
     return soft
 
 
-def make_server(app: Any, graceful_timeout_s: float = 30.0, limits: ConnectionLimits = ConnectionLimits()) -> Any:
-    """A uvicorn server for ``app`` with ``limits`` (``.run(sockets=[sock])`` serves; ``should_exit`` stops)."""
+def make_server(app: Any, graceful_timeout_s: float = 30.0, limits: ConnectionLimits = ConnectionLimits(),
+                parser: str | None = None) -> Any:
+    """A uvicorn server for ``app`` with ``limits`` (``.run(sockets=[sock])`` serves; ``should_exit`` stops);
+    ``parser`` as in :func:`guarded_protocol`."""
     import uvicorn
 
     limits.check()
@@ -319,7 +316,8 @@ def make_server(app: Any, graceful_timeout_s: float = 30.0, limits: ConnectionLi
                                   max(1, files - 64))
     return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                                          timeout_graceful_shutdown=graceful_timeout_s,
-                                         http=guarded_protocol(limits)))
+                                         http=guarded_protocol(limits, parser),
+                                         h11_max_incomplete_event_size=4 * limits.max_head_bytes))  # the guard's 431 comes first
 
 
 def run_app(app: Any, sock: socket.socket, graceful_timeout_s: float,
