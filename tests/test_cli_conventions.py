@@ -80,3 +80,33 @@ def test_device_only_install_offers_only_device_commands():
     assert not listed & {"optimize", "inspect", "demo", "pack", "targets", "recipes"}
     full = run("--help").stdout
     assert "optimize" in full and "--install-completion" in full
+
+
+@pytest.fixture(scope="module")
+def made_keys(tmp_path_factory):
+    from edgeship.bundle import generate_keys
+
+    return generate_keys(tmp_path_factory.mktemp("zero-keys"))
+
+
+@pytest.mark.parametrize("args", [
+    ["verify", "/dev/zero", "--trust", "{pub}"],
+    ["run", "/dev/zero", "--trust", "{pub}", "--input", "x.npz"],
+    ["serve", "/dev/zero", "--trust", "{pub}", "--port", "0"],
+    ["publish", "/dev/zero", "--repo", "{repo}"],
+    ["verify", "{bundle}", "--trust", "/dev/zero"],
+    ["pack", "{onnx}", "--name", "m", "--version", "1", "--sign-key", "/dev/zero", "--out", "{out}"],
+    ["inspect", "/dev/zero"],
+])
+def test_a_device_file_given_as_a_file_is_refused_at_once(args, made_keys, cnn_onnx, tmp_path):
+    """/dev/zero never ends: anything that reads it whole would hang (or fill memory)."""
+    from edgeship.bundle.pack import pack
+    from edgeship.ota.repository import init_repo
+
+    repo = tmp_path / "repo"
+    init_repo(repo)
+    bundle = pack(cnn_onnx, "m", 1, made_keys["private"], tmp_path / "m.edgeship")
+    values = {"pub": made_keys["public"], "repo": repo, "bundle": bundle, "onnx": cnn_onnx, "out": tmp_path / "o.edgeship"}
+    proc = run(*[a.format(**values) for a in args], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o.edgeship").exists()

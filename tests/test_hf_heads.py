@@ -79,3 +79,42 @@ def test_an_unsupported_architecture_is_refused_by_name(hf_root):
 
 def test_sentence_transformers_keeps_its_pooled_output(tiny_bert):
     assert tiny_bert.task == "sentence-embedding" and tiny_bert.labels == ()
+
+
+@pytest.mark.parametrize("field, value", [("vocab_size", 10**9), ("hidden_size", 2**20), ("num_hidden_layers", 10**5)])
+def test_an_absurd_config_is_refused_before_anything_is_allocated(field, value, hf_root, tmp_path):
+    """A config.json that describes gigabytes beside a few megabytes of weights: one line, exit 2, at once
+    (the model is sized on PyTorch's meta device, which allocates nothing)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    source = make_tiny_hf("BertForSequenceClassification", hf_root) if not (
+        hf_root / "BertForSequenceClassification").exists() else hf_root / "BertForSequenceClassification"
+    bad = tmp_path / "bad"
+    shutil.copytree(source, bad)
+    config = json.loads((bad / "config.json").read_text())
+    config[field] = value
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(edgeship.EdgeshipError, match="does not match the weights|does not describe a buildable"):
+        edgeship.load(bad)
+    done = subprocess.run([sys.executable, "-m", "edgeship.cli", "inspect", str(bad)], capture_output=True, text=True,
+                          timeout=300)
+    last = done.stderr.strip().splitlines()[-1]  # (after any warning torch prints on import)
+    assert done.returncode == 2 and last.startswith("error:") and "Traceback" not in done.stderr, done.stderr
+
+
+def test_an_absurd_causal_lm_config_is_refused(tiny_llama_bpe, tmp_path):
+    import json
+    import shutil
+
+    from edgeship.importers.causal_lm import load_causal_lm
+
+    bad = tmp_path / "bad-llm"
+    shutil.copytree(tiny_llama_bpe, bad)
+    config = json.loads((bad / "config.json").read_text())
+    config["vocab_size"] = 10**9
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(edgeship.EdgeshipError, match="does not match the weights"):
+        load_causal_lm(bad)

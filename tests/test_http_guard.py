@@ -131,3 +131,16 @@ def test_a_flood_of_idle_connections_does_not_lock_clients_out(parser):
         finally:
             for s in flood:
                 s.close()
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_oversize_body_is_refused_before_the_app_runs(chunked, parser):
+    """The guard's body limit (4 KiB) is below the app's (64 KiB): a 413 here can only be the guard's."""
+    limits = ConnectionLimits(head_timeout_s=5, body_timeout_s=5, max_head_bytes=4096, max_body_bytes=4096)
+    body = b"x" * 20000
+    with guarded(limits, parser) as port, httpx.Client(base_url=f"http://127.0.0.1:{port}",
+                                                       timeout=FAIL_AFTER_S) as client:
+        got = client.post("/echo", content=iter([body[i:i + 1000] for i in range(0, len(body), 1000)])
+                          if chunked else body)
+        assert got.status_code == 413 and "4096-byte limit" in got.json()["error"]
+        assert client.post("/echo", content=b"x" * 4000).json() == {"bytes": 4000}  # within it: served

@@ -480,3 +480,29 @@ def test_request_limits_bound_the_work_before_it_starts():
     with pytest.raises(ProtocolError, match="answer would hold 400 bytes") as caught:
         limits.check_output({"y": np.zeros(100, np.float32)})
     assert caught.value.status == 413
+
+
+def test_an_id_past_the_models_table_is_a_400_and_spoils_no_batch(keys, tmp_path):
+    """Out-of-range ids are found by ONNX Runtime, not by the protocol: its INVALID_ARGUMENT is the
+    client's fault (400), and in a dynamic batch only the request that carried it fails."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.arange(40, dtype=np.float32).reshape(10, 4), "table")
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["vectors"])], "embed",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 3])],
+                              [helper.make_tensor_value_info("vectors", TensorProto.FLOAT, ["batch", 3, 4])], [table])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "embed.onnx")
+    bundle = pack(tmp_path / "embed.onnx", "embed", 1, keys["private"], tmp_path / "embed.edgeship")
+
+    def body(ids: list[int]) -> bytes:
+        return json.dumps({"inputs": [{"name": "ids", "shape": [1, 3], "datatype": "INT64", "data": ids}]}).encode()
+
+    with running_server([bundle], keys, "--max-queue-delay-ms", "200") as (port, _):
+        path = "/v2/models/embed/infer"
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # queued together within the 200 ms window
+            answers = list(pool.map(lambda ids: _post(port, body(ids), path=path),
+                                    [[1, 2, 3], [1, 2, 10**6], [4, 5, 6], [-100, 0, 0]]))
+    assert [a[0] for a in answers] == [200, 400, 200, 400], answers
+    assert "the model refused this input" in answers[1][1]["error"]
+    assert answers[0][1]["outputs"][0]["data"][:4] == [4.0, 5.0, 6.0, 7.0]

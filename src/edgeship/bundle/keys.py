@@ -48,11 +48,19 @@ def write_public_key(path: Path, public_key) -> Path:  # type: ignore[no-untyped
     return path
 
 
+MAX_KEY_FILE_BYTES = 64 << 10  # a PEM key is a few hundred bytes
+
+
 def _read(path: Path | str, what: str) -> bytes:
+    """The key file's bytes, bounded: /dev/zero or a large file given by mistake is refused, not read whole."""
     try:
-        return Path(path).read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_KEY_FILE_BYTES + 1)
     except OSError as exc:
         raise KeyFileError(f"cannot read {what} {str(path)!r}: {exc.strerror}.") from None
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise KeyFileError(f"{str(path)!r} is over {MAX_KEY_FILE_BYTES} bytes; it is not a {what}.")
+    return data
 
 
 def load_private_key(path: Path | str):  # type: ignore[no-untyped-def]

@@ -172,8 +172,8 @@ def fleet_serve(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8100,
 ) -> None:
     """Receive agents' reports (POST /v1/reports, device tokens) and serve them (GET /v1/devices, the operator's token)."""
-    from edgeship.core.http import bind, read_token_file, run_app
-    from edgeship.ota.fleet import create_fleet_app, new_operator_token
+    from edgeship.core.http import ConnectionLimits, bind, read_token_file, run_app
+    from edgeship.ota.fleet import FleetLimits, create_fleet_app, new_operator_token
 
     def start() -> Any:
         if not operator_token_file.exists():
@@ -188,7 +188,7 @@ def fleet_serve(
     console.print(f"fleet status on http://{host}:{sock.getsockname()[1]}/v1/devices, dashboard at /dashboard "
                   f"(reports in {where})", highlight=False, markup=False)
     sys.stdout.flush()
-    run_app(app_, sock, graceful_timeout_s=10)
+    run_app(app_, sock, 10, ConnectionLimits(max_body_bytes=FleetLimits().max_body_bytes))
 
 
 @fleet_app.command("status")

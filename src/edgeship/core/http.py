@@ -137,14 +137,17 @@ class ConnectionLimits:
     request a byte at a time, is held for ever. Here a request's head must arrive within
     ``head_timeout_s`` of the connection (or of the previous answer), and its body within
     ``body_timeout_s`` of the head, however the bytes trickle in; a head over ``max_head_bytes``
-    gets 431. Past ``max_connections`` the oldest connection that has no request under way is
+    gets 431, a body over ``max_body_bytes`` 413, announced or streamed, without the app running.
+    Past ``max_connections`` (and the open-file limit) the oldest connection that has no request under way is
     closed for the new one, so a flood of idle connections cannot lock clients out (all of a
     flood may come from one address, so a per-address cap would not do)."""
 
     head_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
     max_head_bytes: int = 16 << 10
-    max_connections: int = 1000
+    max_connections: int = 4096
+    #: bodies over this get 413 from the guard, before the app sees the request (None: the app decides)
+    max_body_bytes: int | None = None
 
     def check(self) -> None:
         if not (0 < self.head_timeout_s <= 3600 and 0 < self.body_timeout_s <= 3600):
@@ -153,8 +156,14 @@ class ConnectionLimits:
             raise ConfigError("max head bytes must be 1 KiB-1 MiB and max connections 1-1048576.")
 
 
-LINGER_S = 2.0  # how long the rest of a refused body is read and dropped
-LINGER_BYTES = 4 << 20  # and how much of it
+LINGER_S = 1.0  # how long the rest of a refused body is read and dropped
+LINGER_BYTES = 256 << 10  # and how much of it: enough for a client's buffered writes to land
+
+
+def _with_framing(limit: int) -> int:
+    """Bytes on the wire that may carry ``limit`` bytes of body (chunked framing adds a little); the
+    guard's check is coarse, the app's BodyLimit counts the body itself."""
+    return limit + limit // 4 + 4096
 
 
 def guarded_protocol(limits: ConnectionLimits, parser: str | None = None) -> type:
@@ -178,6 +187,7 @@ def guarded_protocol(limits: ConnectionLimits, parser: str | None = None) -> typ
         from uvicorn.protocols.http.h11_impl import H11Protocol as Base
 
     idle: collections.OrderedDict[Any, None] = collections.OrderedDict()  # no request under way, oldest first
+    live = [0]  # connections not yet closing (counted here: len(connections) would count closing ones too)
 
     class Lingering:
         """The transport, except that closing it while the client is still sending a body (an
@@ -205,10 +215,11 @@ def guarded_protocol(limits: ConnectionLimits, parser: str | None = None) -> typ
             self._timer: Any = None
             self._raw_head, self._in_body, self._lingering, self._dropped = 0, False, False, 0
             self._seen: Any = None  # the request cycle last seen start
+            self._body_bytes, self._counted = 0, True
+            live[0] += 1
             super().connection_made(Lingering(transport, self))
             self._await_head()
-            live = sum(1 for c in self.connections if not c.transport.is_closing())
-            excess = live - limits.max_connections
+            excess = live[0] - limits.max_connections
             if excess > 0:
                 victims = [other for other in idle if other is not self][:excess]
                 for other in victims:
@@ -231,9 +242,15 @@ def guarded_protocol(limits: ConnectionLimits, parser: str | None = None) -> typ
                 self._timer.cancel()
                 self._timer = None
 
+        def _uncount(self) -> None:
+            if self._counted:
+                self._counted = False
+                live[0] -= 1
+
         def _close(self, status: int, message: str) -> None:
             idle.pop(self, None)
             self._disarm()
+            self._uncount()
             if self._lingering:
                 self.transport._transport.close()
                 return
@@ -247,7 +264,8 @@ def guarded_protocol(limits: ConnectionLimits, parser: str | None = None) -> typ
                                      b"connection: close\r\n\r\n" % (status, reason, len(body)) + body)
             if self.cycle is not None:
                 self.cycle.keep_alive = False
-            self.transport._transport.close()
+                self.cycle.disconnected = True  # the app, if it runs, answers no one
+            self.transport.close()  # lingering if a body is still arriving, so that the answer is read
 
         def data_received(self, data: bytes) -> None:
             if self._lingering:  # the answer is out: drop the rest of the body, up to a bound
@@ -257,6 +275,11 @@ def guarded_protocol(limits: ConnectionLimits, parser: str | None = None) -> typ
                 return
             if self in idle:  # a head is bounded in bytes received, as well as in time
                 self._raw_head += len(data)
+            elif self._in_body and limits.max_body_bytes is not None:  # and a body, streamed or not
+                self._body_bytes += len(data)
+                if self._body_bytes > _with_framing(limits.max_body_bytes):
+                    self._refuse_body(f"the request body is over this server's {limits.max_body_bytes}-byte limit.")
+                    return
             super().data_received(data)
             cycle = self.cycle
             if cycle is not None and cycle is not self._seen:  # a head was completed: a request starts
@@ -266,13 +289,33 @@ def guarded_protocol(limits: ConnectionLimits, parser: str | None = None) -> typ
                 if head > limits.max_head_bytes:
                     self._close(431, f"the request head is over {limits.max_head_bytes} bytes.")
                     return
-                self._in_body = True
+                self._in_body, self._body_bytes = True, len(getattr(cycle, "body", b""))  # what came with the head
+                declared = dict(cycle.scope["headers"]).get(b"content-length", b"")
+                if limits.max_body_bytes is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+                    self._refuse_body(f"the request body is {int(declared)} bytes, over this server's "
+                                      f"{limits.max_body_bytes}-byte limit.")
+                    return
                 self._arm(limits.body_timeout_s, "the request body did not arrive in time")
+            if self._in_body and limits.max_body_bytes is not None and self._body_bytes > _with_framing(limits.max_body_bytes):
+                self._refuse_body(f"the request body is over this server's {limits.max_body_bytes}-byte limit.")
+                return
             if self._in_body and cycle is not None and not cycle.more_body:  # the body is all in
                 self._in_body = False
                 self._disarm()
             if self in idle and self._raw_head > 2 * limits.max_head_bytes and not self.transport.is_closing():
                 self._close(431, f"the request head is over {limits.max_head_bytes} bytes.")
+
+        def _refuse_body(self, message: str) -> None:
+            """413, then a lingering close (the client may still be sending)."""
+            idle.pop(self, None)
+            self._uncount()
+            body = json.dumps({"error": message}).encode()
+            self.transport.write(b"HTTP/1.1 413 Request Entity Too Large\r\ncontent-type: application/json\r\n"
+                                 b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
+            if self.cycle is not None:
+                self.cycle.keep_alive = False
+                self.cycle.disconnected = True
+            self.transport.close()  # lingering: the rest of the body is read and dropped, then closed
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -282,6 +325,7 @@ def guarded_protocol(limits: ConnectionLimits, parser: str | None = None) -> typ
         def connection_lost(self, exc: Exception | None) -> None:
             idle.pop(self, None)
             self._disarm()
+            self._uncount()
             super().connection_lost(exc)
 
     Guarded.__name__ = f"Guarded{Base.__name__}"

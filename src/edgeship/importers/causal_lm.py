@@ -126,6 +126,9 @@ def load_causal_lm(source: Path | str) -> CausalLM:
         family = _family(getattr(config, "model_type", None), path)
         if not any(path.glob("*.safetensors")):
             raise InvalidModelError(f"{str(path)!r} has no .safetensors weights; edgeship loads no pickled checkpoint.")
+        from edgeship.importers.huggingface import check_config_fits_weights
+
+        check_config_fits_weights(lambda: AutoModelForCausalLM.from_config(config), path)
         where = {"pretrained_model_name_or_path": str(path), "use_safetensors": True}
         context = int(getattr(config, "max_position_embeddings", 2048))
     else:

@@ -172,10 +172,58 @@ def __getattr__(name: str) -> Any:  # pickle looks the classes up here by name
     raise AttributeError(name)
 
 
+def _first_int(config: dict[str, Any], *names: str) -> int:
+    for name in names:
+        value = config.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
+
+
+def _check_sizes_read(model_dir: Path, weights: int) -> None:
+    """A lower bound on the parameters from config.json's own numbers (an embedding table, one
+    hidden x hidden matrix per layer), checked before anything is built."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # transformers reports it
+    if not isinstance(config, dict):
+        return
+    hidden = _first_int(config, "hidden_size", "d_model", "dim", "n_embd")
+    floor = (_first_int(config, "vocab_size") * hidden
+             + _first_int(config, "num_hidden_layers", "n_layers", "n_layer", "num_layers") * hidden * hidden)
+    if floor > 1.25 * weights + 1_000_000:
+        raise InvalidModelError(
+            f"config.json in {str(model_dir)!r} describes at least {floor / 1e6:.0f} M parameters, but the weights "
+            f"there hold {weights / 1e6:.1f} MB: the config does not match the weights (check vocab_size and the "
+            "layer sizes).")
+
+
+def check_config_fits_weights(make: Any, model_dir: Path) -> None:
+    """Refuse a config.json that describes a model far larger than the weights beside it (an absurd
+    vocab_size would otherwise allocate gigabytes before anything is checked): ``make()`` builds the
+    model on PyTorch's meta device, which allocates nothing, and its parameters are counted."""
+    import torch
+
+    weights = sum(f.stat().st_size for pattern in ("*.safetensors", "pytorch_model*.bin") for f in model_dir.glob(pattern))
+    _check_sizes_read(model_dir, weights)  # first from the config's numbers: building 10^5 layers, even on meta, is slow
+    try:
+        with torch.device("meta"):
+            params = sum(p.numel() for p in make().parameters())
+    except (ValueError, TypeError, RuntimeError, OverflowError) as exc:
+        raise InvalidModelError(f"the config in {str(model_dir)!r} does not describe a buildable model: "
+                                f"{str(exc).splitlines()[0][:200]}") from None
+    if params > 1.25 * weights + 1_000_000:  # a byte per parameter at the least (int8); fp32 is four
+        raise InvalidModelError(
+            f"config.json in {str(model_dir)!r} describes {params / 1e6:.0f} M parameters, but the weights there hold "
+            f"{weights / 1e6:.1f} MB: the config does not match the weights (check vocab_size and the layer sizes).")
+
+
 def _build(config: Any, head: HeadSpec, model_dir: Path) -> Any:
     """The head's model from ``config``, with the directory's weights (tied weights allowed to be absent)."""
     import transformers
 
+    check_config_fits_weights(lambda: getattr(transformers, head.auto_class).from_config(config), model_dir)
     try:
         # eager attention exports the MatMul/Softmax pattern that ONNX Runtime's BERT fusions recognize
         model = getattr(transformers, head.auto_class).from_config(config, attn_implementation="eager").eval()

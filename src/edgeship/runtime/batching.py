@@ -150,10 +150,13 @@ class DynamicBatcher:
                 feeds = {name: np.concatenate([i.inputs[name] for i in batch]) for name in batch[0].inputs}
             outputs = await self._run(feeds)
             self._run_seconds = 0.8 * self._run_seconds + 0.2 * (time.perf_counter() - started)
-        except Exception as exc:  # the error belongs to every request in the batch
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+        except Exception as exc:
+            if len(batch) > 1:  # one bad request must not fail the others batched with it: run each alone
+                for item in batch:
+                    await self._execute([item])
+                return
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
             return
         start = 0
         for item in batch:

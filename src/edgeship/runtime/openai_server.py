@@ -314,7 +314,7 @@ async def _sse(events: asyncio.Queue, job: Job, shape: _Shape, include_usage: bo
 
 def serve_llm(bundle: Any, trust: Any, settings: Any, chat_settings: Any, on_listening: Any = None) -> None:
     """Verify and open an LLM bundle, then serve it (``edgeship serve`` on an LLM bundle)."""
-    from edgeship.core.http import bind, run_app
+    from edgeship.core.http import ConnectionLimits, bind, run_app
 
     settings.check()
     chat = ChatModel.open(bundle, trust.keys, trust.decrypt_key, trust.state_dir, trust.allow_downgrade, chat_settings)
@@ -323,6 +323,6 @@ def serve_llm(bundle: Any, trust: Any, settings: Any, chat_settings: Any, on_lis
         sock = bind(settings.host, settings.port)
         if on_listening is not None:
             on_listening(settings.host, sock.getsockname()[1], chat)
-        run_app(app, sock, settings.graceful_timeout_s)
+        run_app(app, sock, settings.graceful_timeout_s, ConnectionLimits(max_body_bytes=settings.max_request_bytes))
     finally:
         chat.close()

@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from edgeship.bundle.format import BundleError
-from edgeship.core.http import BodyLimit, bind, run_app
+from edgeship.core.http import BodyLimit, ConnectionLimits, bind, run_app
 from edgeship.core.names import StateDir
 from edgeship.errors import ConfigError
 from edgeship.runtime.batching import DynamicBatcher, QueueFullError
@@ -585,8 +585,12 @@ def _infer_routes(served: _Served) -> APIRouter:
         except ProtocolError as exc:
             status = exc.status
             raise
-        except Exception as exc:  # ONNX Runtime refused a validated input: the server's fault, say what happened
-            first = (str(exc).strip().splitlines() or [""])[0]
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            if type(exc).__name__ == "InvalidArgument":  # ONNX Runtime: a value the model cannot take (an id past its table)
+                status = 400
+                raise ProtocolError(f"the model refused this input: {first}", 400) from None
+            # a validated input that ONNX Runtime still refused: the server's fault, say what happened
             raise ProtocolError(f"inference failed: {type(exc).__name__}: {first}", 500) from None
         finally:
             in_flight.dec()
@@ -663,4 +667,4 @@ def serve(bundles: list[Path], trust: Trust, settings: ServeSettings | None = No
     sock = bind(settings.host, settings.port)
     if on_listening is not None:
         on_listening(settings.host, sock.getsockname()[1], app.state.registry.hosts)
-    run_app(app, sock, settings.graceful_timeout_s)
+    run_app(app, sock, settings.graceful_timeout_s, ConnectionLimits(max_body_bytes=settings.max_request_bytes))
