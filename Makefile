@@ -36,6 +36,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_server.py
 	$(PY) benchmarks/bench_ota.py
 	$(PY) benchmarks/bench_hybrid.py
+	$(PY) benchmarks/bench_flood.py
+	$(PY) benchmarks/bench_fleet.py
 
 # llama.cpp's Python binding builds from source (about 10 minutes), so it is its own target
 bench-llm: $(STAMP)
