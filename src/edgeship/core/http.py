@@ -160,6 +160,16 @@ LINGER_S = 1.0  # how long the rest of a refused body is read and dropped
 LINGER_BYTES = 256 << 10  # and how much of it: enough for a client's buffered writes to land
 
 
+def _raw_answer(status: int, message: str) -> bytes:
+    """A whole HTTP/1.1 answer, ``{"error": message}``, that closes the connection (written by the
+    guard below the app, so by hand)."""
+    body = json.dumps({"error": message}).encode()
+    reason = {408: b"Request Timeout", 413: b"Request Entity Too Large", 431: b"Request Header Fields Too Large",
+              503: b"Service Unavailable"}[status]
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+            % (status, reason, len(body)) + body)
+
+
 def _with_framing(limit: int) -> int:
     """Bytes on the wire that may carry ``limit`` bytes of body (chunked framing adds a little); the
     guard's check is coarse, the app's BodyLimit counts the body itself."""
@@ -201,8 +211,15 @@ def guarded_protocol(limits: ConnectionLimits, parser: str | None = None) -> typ
             return getattr(self._transport, name)
 
         def close(self) -> None:
+            if self._protocol._in_body:
+                self.linger()
+            else:
+                self._transport.close()
+
+        def linger(self) -> None:
+            """End our side now; read and drop what the client still sends, then close."""
             p, t = self._protocol, self._transport
-            if t.is_closing() or not p._in_body or p._lingering or not t.can_write_eof():
+            if t.is_closing() or p._lingering or not t.can_write_eof():
                 t.close()
                 return
             p._lingering = True
@@ -257,15 +274,11 @@ def guarded_protocol(limits: ConnectionLimits, parser: str | None = None) -> typ
             if self.transport.is_closing():
                 return
             if self.cycle is None or not self.cycle.response_started:  # nothing sent yet on this request
-                body = json.dumps({"error": message}).encode()
-                reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large",
-                          503: b"Service Unavailable"}[status]
-                self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-                                     b"connection: close\r\n\r\n" % (status, reason, len(body)) + body)
+                self.transport.write(_raw_answer(status, message))
             if self.cycle is not None:
                 self.cycle.keep_alive = False
                 self.cycle.disconnected = True  # the app, if it runs, answers no one
-            self.transport.close()  # lingering if a body is still arriving, so that the answer is read
+            self.transport.linger()  # the client may be sending still: it reads the answer, not a reset
 
         def data_received(self, data: bytes) -> None:
             if self._lingering:  # the answer is out: drop the rest of the body, up to a bound
@@ -309,13 +322,11 @@ def guarded_protocol(limits: ConnectionLimits, parser: str | None = None) -> typ
             """413, then a lingering close (the client may still be sending)."""
             idle.pop(self, None)
             self._uncount()
-            body = json.dumps({"error": message}).encode()
-            self.transport.write(b"HTTP/1.1 413 Request Entity Too Large\r\ncontent-type: application/json\r\n"
-                                 b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
+            self.transport.write(_raw_answer(413, message))
             if self.cycle is not None:
                 self.cycle.keep_alive = False
                 self.cycle.disconnected = True
-            self.transport.close()  # lingering: the rest of the body is read and dropped, then closed
+            self.transport.linger()  # the rest of the body is read and dropped, then closed
 
         def on_response_complete(self) -> None:
             super().on_response_complete()

@@ -33,7 +33,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from edgeship.bundle.format import BundleError
-from edgeship.core.http import BodyLimit, ConnectionLimits, bind, run_app
+from edgeship.core.http import (
+    BodyLimit,
+    ConnectionLimits,
+    bearer_token,
+    bind,
+    json_response_messages,
+    run_app,
+    same_secret,
+)
 from edgeship.core.names import StateDir
 from edgeship.errors import ConfigError
 from edgeship.runtime.batching import DynamicBatcher, QueueFullError
@@ -401,21 +409,16 @@ class _TokenAuth:
     (401 otherwise); health and metrics stay open for probes."""
 
     def __init__(self, app: Any, token: str) -> None:
-        self.app, self.expected = app, f"Bearer {token}".encode()
+        self.app, self.token = app, token
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        import hmac
-
         path = scope.get("path", "")
         if scope["type"] == "http" and path.startswith(("/v2/models", "/v2/repository")):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                body = json.dumps({"error": "missing or wrong bearer token (Authorization: Bearer ...)."}).encode()
-                await send({"type": "http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode()),
-                                        (b"www-authenticate", b"Bearer")]})
-                await send({"type": "http.response.body", "body": body})
+            if not same_secret(bearer_token(dict(scope["headers"]).get(b"authorization")), self.token):
+                for message in json_response_messages(
+                        401, {"error": "missing or wrong bearer token (Authorization: Bearer ...)."},
+                        [(b"www-authenticate", b"Bearer")]):
+                    await send(message)
                 return
         await self.app(scope, receive, send)
 
