@@ -223,6 +223,7 @@ def _build(config: Any, head: HeadSpec, model_dir: Path) -> Any:
     """The head's model from ``config``, with the directory's weights (tied weights allowed to be absent)."""
     import transformers
 
+    state = _load_state_dict(model_dir)  # first: a checkpoint that is not plain tensors is refused as such
     check_config_fits_weights(lambda: getattr(transformers, head.auto_class).from_config(config), model_dir)
     try:
         # eager attention exports the MatMul/Softmax pattern that ONNX Runtime's BERT fusions recognize
@@ -230,7 +231,6 @@ def _build(config: Any, head: HeadSpec, model_dir: Path) -> Any:
     except ValueError as exc:  # the Auto class does not know this model type
         raise InvalidModelError(f"cannot build a {head.task} model for {str(model_dir)!r}: "
                                 f"{str(exc).splitlines()[0]}") from None
-    state = _load_state_dict(model_dir)
     own = set(model.state_dict())
     prefix = f"{model.base_model_prefix}."
     if not set(state) & own:  # the encoder's weights saved with, or without, the base model's prefix
